@@ -1,0 +1,27 @@
+"""Reading a finished training run directory (model.keras + config.json)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import keras
+
+import pipnet_tf  # noqa: F401  (registers the custom layers)
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """Loads the final model and the resolved configuration of a run directory."""
+    run_dir = pathlib.Path(run_dir)
+    model_path = run_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise FileNotFoundError(
+            f"No {MODEL_FILE} in run directory {str(run_dir)!r}: pass the --log_dir of a "
+            "finished `python -m trainers.run`."
+        )
+    config_path = run_dir / CONFIG_FILE
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return keras.saving.load_model(str(model_path)), config

@@ -1,0 +1,335 @@
+"""The PIP-Net model: backbone → (1x1 add-on) → patch softmax → max-pool → scoring sheet.
+
+`PIPNet(images)` returns a dict of named outputs:
+    proto_features: (batch, H, W, D) softmax over D at every latent cell;
+    presence:       (batch, D) max over the grid, in [0, 1] (values < 0.1 zeroed in inference);
+    scores:         (batch, K) raw, unnormalised scoring-sheet sums.
+
+Training (`fit`) takes batches `(view1, view2, label)` and runs the loss of the current
+phase, `λ_A·L_A + λ_T·L_T + λ_C·L_C` (SPEC §2), with one optimiser per parameter group.
+Reference: Nauta et al., "PIP-Net: Patch-Based Intuitive Prototypes for Interpretable
+Image Classification", CVPR 2023.
+
+Example:
+    >>> from pipnet_tf.backbones import build_backbone
+    >>> net = PIPNet(build_backbone("tiny_cnn", 64).model, num_classes=3, backbone_name="tiny_cnn")
+    >>> out = net(np.zeros((2, 64, 64, 3), "float32"))
+    >>> out["scores"].shape
+    TensorShape([2, 3])
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import keras
+import tensorflow as tf
+
+from pipnet_tf import losses as pipnet_losses
+from pipnet_tf.layers import NonNegativeLinear, PrototypeActivation, PrototypePooling
+
+PRESENCE_THRESHOLD = 0.1  # inference: presence below this is ignored (SPEC §1)
+LOSS_NAMES = ("L_A", "L_T", "L_C")
+
+
+class _TrainingState:
+    """Compile-time training objects, kept out of Keras's layer/variable tracking."""
+
+    def __init__(self):
+        self.optimizer_groups: list[tuple[keras.optimizers.Optimizer, list]] = []
+        self.net_clock: tf.Variable | None = None
+
+
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class PIPNet(keras.Model):
+    """PIP-Net classifier.
+
+    Args:
+        backbone: a `keras.Model` mapping (batch, S, S, 3) 0..255 RGB images to
+            (batch, H, W, C) features (see `pipnet_tf.backbones`).
+        num_classes: K.
+        num_prototypes: 0 (default, as recommended by the authors) uses the C backbone
+            channels as prototypes; > 0 adds a 1x1 conv add-on with that many outputs.
+        backbone_name: registry name of the backbone, used to recover its layer groups.
+        use_bias: non-negative bias in the scoring sheet (reference `--bias`).
+        shrink: per-step shrinkage of the scoring sheet in the second phase (1e-3).
+        inference_threshold: presence below it is zeroed in inference mode (0.1).
+        seed: seed of the weight initialisers of the head.
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        num_classes: int,
+        num_prototypes: int = 0,
+        backbone_name: str | None = None,
+        use_bias: bool = False,
+        shrink: float = 1e-3,
+        inference_threshold: float = PRESENCE_THRESHOLD,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1, received: {num_classes}")
+        if int(num_prototypes) < 0:
+            raise ValueError(f"`num_prototypes` must be >= 0, received: {num_prototypes}")
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.num_prototypes = int(num_prototypes)
+        self.backbone_name = backbone_name
+        self.use_bias = bool(use_bias)
+        self.shrink = float(shrink)
+        self.inference_threshold = float(inference_threshold)
+        self.seed = seed
+        self.add_on = None
+        if self.num_prototypes:
+            self.add_on = keras.layers.Conv2D(
+                self.num_prototypes,
+                1,
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+                name="add_on",
+            )
+        self.prototype_activation = PrototypeActivation(name="prototype_activation", dtype="float32")
+        self.prototype_pooling = PrototypePooling(name="prototype_pooling", dtype="float32")
+        self.classifier = NonNegativeLinear(
+            self.num_classes, use_bias=use_bias, shrink=shrink, seed=seed, name="classifier",
+            dtype="float32",
+        )
+        self._trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", *LOSS_NAMES, "accuracy", "num_present")
+        }
+        # λ_A, λ_T, λ_C of the current phase; a variable so that a per-epoch ramp does
+        # not retrace the train function. Not a model weight.
+        self.loss_weights = tf.Variable([5.0, 2.0, 2.0], trainable=False, name="loss_weights")
+        self._training_state = _TrainingState()
+
+    # === Forward ===
+    @property
+    def num_features(self) -> int:
+        """D, the number of prototypes."""
+        return self.num_prototypes or int(self.backbone.output.shape[-1])
+
+    def build(self, input_shape):
+        if not self.backbone.built:
+            self.backbone.build(input_shape)
+        shape = self.backbone.compute_output_shape(input_shape)
+        if self.add_on is not None:
+            self.add_on.build(shape)
+            shape = self.add_on.compute_output_shape(shape)
+        self.classifier.build((shape[0], shape[-1]))
+        self.built = True
+
+    def call(self, images, training=None, apply_threshold: bool | None = None):
+        """images (batch, S, S, 3) 0..255 → dict of proto_features, presence, scores.
+
+        `apply_threshold` defaults to `not training`: presence below
+        `inference_threshold` is set to 0 before scoring (the returned presence too).
+        """
+        features = self.backbone(images, training=training)
+        if self.add_on is not None:
+            features = self.add_on(features)
+        proto_features = self.prototype_activation(tf.cast(features, "float32"))
+        presence = self.prototype_pooling(proto_features)
+        if apply_threshold is None:
+            apply_threshold = not training
+        if apply_threshold:
+            presence = self.threshold_presence(presence)
+        scores = self.classifier(presence)
+        return {"proto_features": proto_features, "presence": presence, "scores": scores}
+
+    def threshold_presence(self, presence: tf.Tensor) -> tf.Tensor:
+        """Zeroes presence scores strictly below the inference threshold; (batch, D)."""
+        return tf.where(presence < self.inference_threshold, tf.zeros_like(presence), presence)
+
+    # === Layer groups and phases ===
+    def layer_groups(self) -> dict[str, list[keras.layers.Layer]]:
+        """Backbone groups ("backbone", "freeze", "train", "never") plus "add_on" and
+        "classifier": every layer with weights is in exactly one group."""
+        from pipnet_tf.backbones import backbone_groups
+
+        if self.backbone_name is None:
+            groups = {"backbone": [layer for layer in self.backbone.layers if layer.weights]}
+            groups.update(freeze=[], train=[], never=[])
+        else:
+            groups = backbone_groups(self.backbone_name, self.backbone)
+        groups["add_on"] = [self.add_on] if self.add_on is not None else []
+        groups["classifier"] = [self.classifier]
+        return groups
+
+    def set_trainable_groups(self, trainable: Iterable[str]) -> None:
+        """Makes exactly the layers of the named groups trainable ("never" never is).
+
+        Recompile afterwards for the change to take effect.
+        """
+        trainable = set(trainable)
+        groups = self.layer_groups()
+        unknown = trainable - set(groups)
+        if unknown:
+            raise ValueError(f"Unknown layer groups {sorted(unknown)}; known: {sorted(groups)}.")
+        for name, layers in groups.items():
+            for layer in layers:
+                layer.trainable = name in trainable and name != "never"
+
+    # === Training ===
+    def compile(
+        self,
+        optimizer_groups: Sequence[tuple[keras.optimizers.Optimizer, Sequence]] = (),
+        loss_weights: Sequence[float] | None = None,
+        net_clock: tf.Variable | None = None,
+        jit_compile: bool = False,
+        **kwargs,
+    ):
+        """Configures training.
+
+        Args:
+            optimizer_groups: (optimizer, variables) pairs; each trainable variable must be
+                owned by exactly one optimizer. Only the currently trainable variables of a
+                group are updated, so one optimizer can serve several freezing stages.
+            loss_weights: (λ_A, λ_T, λ_C); can be changed later with `set_loss_weights`.
+            net_clock: an int64 variable incremented after every step that updates a
+                non-classifier group (drives the backbone's cosine schedule, SPEC §3).
+            jit_compile: XLA; off by default (3–4x slower on CPU, PLATFORM_NOTES).
+        """
+        super().compile(optimizer=None, jit_compile=jit_compile, **kwargs)
+        trainable = {id(v): v for v in self.trainable_variables}
+        owned: dict[int, int] = {}
+        active = []
+        for index, (optimizer, variables) in enumerate(optimizer_groups):
+            group_vars = [v for v in variables if id(v) in trainable]
+            for v in group_vars:
+                if id(v) in owned:
+                    raise ValueError(f"Variable {v.path!r} is owned by two optimizer groups.")
+                owned[id(v)] = index
+            if group_vars:
+                active.append((optimizer, group_vars))
+        orphans = [v.path for k, v in trainable.items() if k not in owned]
+        if orphans and optimizer_groups:
+            raise ValueError(f"Trainable variables without an optimizer group: {orphans}")
+        self._training_state.optimizer_groups = active
+        self._training_state.net_clock = net_clock
+        if loss_weights is not None:
+            self.set_loss_weights(*loss_weights)
+
+    def set_loss_weights(self, align: float, tanh: float, classification: float) -> None:
+        self.loss_weights.assign([align, tanh, classification])
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def compute_pipnet_losses(self, view1, view2, labels, training: bool) -> dict[str, tf.Tensor]:
+        """Forward both views and compute the losses of one (per-replica) batch.
+
+        Returns the per-replica *contributions* L_A, L_T, L_C (whose sum over replicas is
+        the global-batch loss: means use the global counts, L_T is divided by the number of
+        replicas after a cross-replica presence sum), plus "outputs" of the forward.
+        """
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+        images = tf.concat([view1, view2], axis=0)
+        outputs = self(images, training=training, apply_threshold=False)
+        features1, features2 = tf.split(outputs["proto_features"], 2, axis=0)
+        presence1, presence2 = tf.split(outputs["presence"], 2, axis=0)
+        local_b = tf.cast(tf.shape(view1)[0], tf.float32)
+        global_b = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_b)
+        cells = tf.cast(tf.shape(features1)[1] * tf.shape(features1)[2], tf.float32)
+
+        def global_batch_sum(p):
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(p, axis=0))
+
+        return {
+            "L_A": pipnet_losses.align_loss(features1, features2, num_rows=global_b * cells),
+            "L_T": pipnet_losses.tanh_loss(presence1, presence2, batch_sum=global_batch_sum)
+            / replicas,
+            "L_C": pipnet_losses.classification_loss(
+                outputs["scores"],
+                tf.concat([labels, labels], axis=0),
+                self.classifier.multiplier,
+                num_examples=2.0 * global_b,
+            ),
+            "outputs": outputs,
+        }
+
+    def _update_trackers(self, parts: dict, labels, scores, presence) -> dict:
+        ctx = tf.distribute.get_replica_context()
+        weights = tf.unstack(self.loss_weights)
+        total = 0.0
+        for name, weight in zip(LOSS_NAMES, weights):
+            value = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(parts[name]))
+            self._trackers[name].update_state(value)
+            total += weight * value
+        self._trackers["loss"].update_state(total)
+        self._update_prediction_trackers(labels, scores, presence)
+        return {m.name: m.result() for m in self.metrics}
+
+    def _update_prediction_trackers(self, labels, scores, presence) -> None:
+        predicted = tf.argmax(scores, axis=-1, output_type=tf.int32)
+        self._trackers["accuracy"].update_state(
+            tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+        )
+        present = tf.reduce_sum(tf.cast(presence > self.inference_threshold, tf.float32), axis=-1)
+        self._trackers["num_present"].update_state(present)
+
+    def train_step(self, data):
+        view1, view2, labels = data
+        with tf.GradientTape() as tape:
+            parts = self.compute_pipnet_losses(view1, view2, labels, training=True)
+            weights = tf.unstack(self.loss_weights)
+            loss = sum(w * parts[name] for w, name in zip(weights, LOSS_NAMES))
+        state = self._training_state
+        variables = [v for _, group in state.optimizer_groups for v in group]
+        if not variables:
+            raise ValueError("Nothing to train: compile() with optimizer_groups first.")
+        grads = tape.gradient(loss, variables)
+        offset = 0
+        steps_net = False
+        for optimizer, group in state.optimizer_groups:
+            optimizer.apply(grads[offset : offset + len(group)], group)
+            offset += len(group)
+            steps_net = steps_net or not all(
+                any(v is w for w in self.classifier.weights) for v in group
+            )
+        if steps_net and state.net_clock is not None:
+            state.net_clock.assign_add(1)
+        both_labels = tf.concat([labels, labels], axis=0)
+        outputs = parts["outputs"]
+        return self._update_trackers(parts, both_labels, outputs["scores"], outputs["presence"])
+
+    def test_step(self, data):
+        """(view1, view2, label): losses (no threshold) + thresholded accuracy;
+        (images, label): thresholded accuracy and prototype counts only."""
+        if len(data) == 3:
+            view1, view2, labels = data
+            parts = self.compute_pipnet_losses(view1, view2, labels, training=False)
+            presence = self.threshold_presence(parts["outputs"]["presence"])
+            scores = self.classifier(presence)
+            return self._update_trackers(parts, tf.concat([labels, labels], 0), scores, presence)
+        images, labels = data
+        outputs = self(images, training=False)
+        self._update_prediction_trackers(labels, outputs["scores"], outputs["presence"])
+        return {m.name: m.result() for m in self.metrics}
+
+    def predict_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        return self(images, training=False)
+
+    # === Config ===
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "num_prototypes": self.num_prototypes,
+            "backbone_name": self.backbone_name,
+            "use_bias": self.use_bias,
+            "shrink": self.shrink,
+            "inference_threshold": self.inference_threshold,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)

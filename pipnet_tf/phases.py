@@ -1,0 +1,99 @@
+"""PIP-Net's training plan: which groups train, with which loss weights, per epoch.
+
+SPEC §3: pretraining (λ_A = e/E, λ_T = 5, classifier frozen) → phase 2 with the first
+`finetune_epochs` training only the scoring sheet (2·L_C), then up to `freeze_epochs`
+with the backbone group frozen, then everything (5·L_A + 2·L_T + 2·L_C).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+PRETRAIN, FINETUNE, FROZEN, FULL = "pretrain", "finetune", "frozen", "full"
+NET_GROUPS = ("backbone", "freeze", "train", "add_on")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A run of consecutive epochs with one set of trainable groups.
+
+    Attributes:
+        name: one of "pretrain", "finetune", "frozen", "full".
+        phase: 1 (prototype pretraining) or 2 (classification); each phase has its own
+            optimisers and schedules.
+        first_epoch: global 0-based index of the stage's first epoch.
+        epochs: number of epochs in the stage.
+        trainable_groups: layer groups trained (see `PIPNet.layer_groups`).
+        loss_weights: (λ_A, λ_T, λ_C); λ_A is None in pretraining, where it ramps
+            as epoch/epochs_pretrain (1-based epoch).
+    """
+
+    name: str
+    phase: int
+    first_epoch: int
+    epochs: int
+    trainable_groups: tuple[str, ...]
+    loss_weights: tuple[float | None, float, float]
+
+    @property
+    def end_epoch(self) -> int:
+        return self.first_epoch + self.epochs
+
+
+def make_plan(
+    epochs_pretrain: int, epochs: int, freeze_epochs: int, finetune_epochs: int = 3
+) -> list[Stage]:
+    """The list of non-empty stages, in order, with global epoch indices.
+
+    Finetune epochs exist only after pretraining (reference: `epochs_to_finetune` applies
+    only if there was pretraining or a loaded checkpoint).
+    """
+    for name, value in (("epochs_pretrain", epochs_pretrain), ("epochs", epochs),
+                        ("freeze_epochs", freeze_epochs), ("finetune_epochs", finetune_epochs)):
+        if value < 0:
+            raise ValueError(f"`{name}` must be >= 0, received: {value}")
+    finetune = min(finetune_epochs, epochs) if epochs_pretrain > 0 else 0
+    frozen = max(0, min(freeze_epochs, epochs) - finetune)
+    full = epochs - finetune - frozen
+    net = ("freeze", "train", "add_on")
+    specs = [
+        (PRETRAIN, 1, epochs_pretrain, net, (None, 5.0, 0.0)),
+        (FINETUNE, 2, finetune, ("classifier",), (0.0, 0.0, 2.0)),
+        (FROZEN, 2, frozen, net + ("classifier",), (5.0, 2.0, 2.0)),
+        (FULL, 2, full, ("backbone",) + net + ("classifier",), (5.0, 2.0, 2.0)),
+    ]
+    plan, start = [], 0
+    for name, phase, count, groups, weights in specs:
+        if count:
+            plan.append(Stage(name, phase, start, count, groups, weights))
+            start += count
+    return plan
+
+
+def stage_at(plan: list[Stage], epoch: int) -> Stage:
+    """The stage containing global 0-based `epoch`."""
+    for stage in plan:
+        if stage.first_epoch <= epoch < stage.end_epoch:
+            return stage
+    raise ValueError(f"Epoch {epoch} is outside the plan of {plan[-1].end_epoch if plan else 0} epochs.")
+
+
+def loss_weights_for_epoch(stage: Stage, epoch: int) -> tuple[float, float, float]:
+    """(λ_A, λ_T, λ_C) for global 0-based `epoch` in `stage` (pretraining ramps λ_A)."""
+    align, tanh, cls = stage.loss_weights
+    if align is None:
+        align = (epoch - stage.first_epoch + 1) / stage.epochs
+    return (align, tanh, cls)
+
+
+def extra_shrink_epochs(plan: list[Stage], every: int = 30) -> set[int]:
+    """Global epochs at whose start the reference shrinks W once more: phase-2 epochs
+    (1-based) that are multiples of `every`, and the last one (only if > 1 epoch)."""
+    phase2 = [s for s in plan if s.phase == 2]
+    if not phase2:
+        return set()
+    first = phase2[0].first_epoch
+    total = phase2[-1].end_epoch - first
+    if total <= 1:
+        return set()
+    local = {e for e in range(1, total + 1) if e % every == 0 or e == total}
+    return {first + e - 1 for e in local}

@@ -1,0 +1,48 @@
+import pytest
+
+from pipnet_tf import phases
+
+
+def test_reference_plan_epochs_and_groups():
+    plan = phases.make_plan(epochs_pretrain=10, epochs=60, freeze_epochs=10)
+    assert [(s.name, s.first_epoch, s.epochs) for s in plan] == [
+        ("pretrain", 0, 10), ("finetune", 10, 3), ("frozen", 13, 7), ("full", 20, 50)]
+    groups = {s.name: set(s.trainable_groups) for s in plan}
+    assert groups["pretrain"] == {"freeze", "train", "add_on"}
+    assert groups["finetune"] == {"classifier"}
+    assert groups["frozen"] == {"freeze", "train", "add_on", "classifier"}
+    assert groups["full"] == {"backbone", "freeze", "train", "add_on", "classifier"}
+    assert [s.phase for s in plan] == [1, 2, 2, 2]
+
+
+def test_loss_weights_per_stage():
+    plan = phases.make_plan(10, 60, 10)
+    pre = plan[0]
+    ramp = [phases.loss_weights_for_epoch(pre, e)[0] for e in range(10)]
+    assert ramp == pytest.approx([0.1 * k for k in range(1, 11)])
+    assert phases.loss_weights_for_epoch(pre, 3)[1:] == (5.0, 0.0)
+    assert phases.loss_weights_for_epoch(plan[1], 11) == (0.0, 0.0, 2.0)
+    assert phases.loss_weights_for_epoch(plan[2], 15) == (5.0, 2.0, 2.0)
+    assert phases.loss_weights_for_epoch(plan[3], 69) == (5.0, 2.0, 2.0)
+
+
+def test_no_finetune_without_pretraining():
+    plan = phases.make_plan(0, 5, 2)
+    assert [(s.name, s.epochs) for s in plan] == [("frozen", 2), ("full", 3)]
+
+
+def test_stage_lookup_and_extra_shrink_epochs():
+    plan = phases.make_plan(10, 60, 10)
+    assert phases.stage_at(plan, 0).name == "pretrain"
+    assert phases.stage_at(plan, 12).name == "finetune"
+    assert phases.stage_at(plan, 69).name == "full"
+    with pytest.raises(ValueError, match="outside the plan"):
+        phases.stage_at(plan, 70)
+    # Phase-2 epochs 30 and 60 (1-based) → global 0-based 10 + 29 and 10 + 59.
+    assert phases.extra_shrink_epochs(plan) == {39, 69}
+    assert phases.extra_shrink_epochs(phases.make_plan(2, 1, 0)) == set()
+
+
+def test_bad_epochs_raise():
+    with pytest.raises(ValueError, match="epochs_pretrain"):
+        phases.make_plan(-1, 5, 2)

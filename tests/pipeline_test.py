@@ -1,0 +1,103 @@
+"""Tests for pipnet_tf.data.pipeline on tiny PNG files."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from pipnet_tf.data import pipeline
+from pipnet_tf.data.augment import AugmentConfig
+
+CONFIG = AugmentConfig.for_image_size(16)  # R = 24, S = 20
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Six PNGs of different sizes; image i is a solid colour (10 * i, 0, 255 - 10 * i)."""
+    root = tmp_path_factory.mktemp("images")
+    paths = []
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        h, w = 20 + 3 * i, 30 - 2 * i
+        img = np.zeros((h, w, 3), np.uint8)
+        img[...] = (10 * i, 0, 255 - 10 * i)
+        img[h // 2:, :, 1] = rng.integers(0, 256, (h - h // 2, w))  # texture
+        path = root / f"img_{i}.png"
+        Image.fromarray(img).save(path)
+        paths.append(str(path))
+    return paths, np.arange(6) % 3
+
+
+def _batches(ds):
+    return [tuple(t.numpy() for t in batch) for batch in ds]
+
+
+def test_decode_image(files):
+    image = pipeline.decode_image(tf.constant(files[0][1]))
+    assert image.dtype == tf.float32 and image.shape == (23, 28, 3)
+    np.testing.assert_array_equal(image[0, 0], [10, 0, 245])
+
+
+def test_two_view_dataset_shapes_dtypes_labels(files):
+    paths, labels = files
+    dropping = pipeline.two_view_dataset(paths, labels, CONFIG, batch_size=4, seed=1)
+    assert int(dropping.cardinality()) == 1  # drop_remainder=True by default
+    ds = pipeline.two_view_dataset(paths, labels, CONFIG, 4, seed=1, drop_remainder=False)
+    batches = _batches(ds)
+    assert [b[2].shape for b in batches] == [(4,), (2,)]
+    v1, v2, y = batches[0]
+    assert v1.shape == v2.shape == (4, 16, 16, 3)
+    assert v1.dtype == v2.dtype == np.float32 and y.dtype == np.int32
+    assert v1.min() >= 0 and v1.max() <= 255 and not np.array_equal(v1, v2)
+    assert sorted(np.concatenate([b[2] for b in batches])) == sorted(labels)
+
+
+def test_same_seed_same_batches_and_epochs_differ(files):
+    paths, labels = files
+    make = lambda seed: pipeline.two_view_dataset(paths, labels, CONFIG, 3, seed=seed)
+    ds = make(5)
+    epoch1, epoch2 = _batches(ds), _batches(ds)
+    again = _batches(make(5))
+    for a, b in zip(epoch1, again):
+        for x, z in zip(a, b):
+            np.testing.assert_array_equal(x, z)
+    assert not np.array_equal(epoch1[0][0], epoch2[0][0])
+    assert not np.array_equal(epoch1[0][0], _batches(make(6))[0][0])
+
+
+def test_unshuffled_without_cache_keeps_order(files):
+    paths, labels = files
+    ds = pipeline.two_view_dataset(paths, labels, CONFIG, 2, seed=0, shuffle=False,
+                                   cache=False)
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in _batches(ds)]), labels)
+
+
+def test_eval_dataset_preserves_order_and_resizes(files):
+    paths, labels = files
+    batches = _batches(pipeline.eval_dataset(paths, labels, image_size=12, batch_size=4))
+    assert [b[0].shape for b in batches] == [(4, 12, 12, 3), (2, 12, 12, 3)]
+    images = np.concatenate([b[0] for b in batches])
+    assert images.dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels)
+    for i, image in enumerate(images):  # the solid top rows keep their colour
+        np.testing.assert_array_equal(image[:4, :, 0], 10 * i)
+        np.testing.assert_array_equal(image[:4, :, 2], 255 - 10 * i)
+
+
+@pytest.mark.parametrize("paths_n,labels_n,batch,match", [
+    (0, 0, 2, "paths"), (6, 5, 2, "labels"), (6, 6, 7, "batch_size"),
+    (6, 6, 0, "batch_size")])
+def test_bad_inputs_raise(files, paths_n, labels_n, batch, match):
+    paths, labels = files
+    with pytest.raises(ValueError, match=match):
+        pipeline.two_view_dataset(paths[:paths_n], np.arange(labels_n), CONFIG, batch, 0)
+
+
+def test_eval_bad_inputs_raise(files):
+    paths, labels = files
+    with pytest.raises(ValueError, match="labels"):
+        pipeline.eval_dataset(paths, labels.astype(np.float32), 12, 2)
+    with pytest.raises(ValueError, match="image_size"):
+        pipeline.eval_dataset(paths, labels, 0, 2)
+    # a batch larger than the dataset is fine without drop_remainder
+    assert len(_batches(pipeline.eval_dataset(paths, labels, 12, 64))) == 1

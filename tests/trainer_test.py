@@ -1,0 +1,99 @@
+"""End to end on a tiny built-in dataset: outputs of a run, resume after a kill, and
+clear errors for datasets that are not readable yet."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from trainers.configs import PRESETS
+from trainers.experiment import run_training
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAfterEpoch(keras.callbacks.Callback):
+    """Simulates a killed process right after the checkpoint of `epoch` (1-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise _Killed()
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    return PRESETS["synthetic"].replace(
+        image_size=32, epochs_pretrain=1, epochs=4, freeze_epochs=2, finetune_epochs=1,
+        batch_size=16, batch_size_pretrain=16, synthetic_train_per_class=6,
+        synthetic_test_per_class=3, cache_dir=str(root / "cache"), log_dir=str(root / "run"),
+    )
+
+
+def test_killed_run_resumes_and_writes_every_output(tiny_config):
+    with pytest.raises(_Killed):
+        run_training(tiny_config, extra_callbacks=[_KillAfterEpoch(3)])
+    run_dir = tiny_config.log_dir
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[-1] in ("epoch-0003", "latest")
+    assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+    results = run_training(tiny_config)
+    assert results["epochs_run_in_last_call"] == 2  # epochs 4 and 5 of 5
+    with open(os.path.join(run_dir, "training_log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert {"loss", "L_A", "L_T", "L_C", "accuracy", "num_present"} <= set(rows[0])
+
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    for key in ("top1_accuracy", "global_size", "local_size_all_classes", "sparsity_ratio", "abstained"):
+        assert key in metrics
+    assert 0.0 <= metrics["top1_accuracy"] <= 1.0 and metrics["num_images"] == 18
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert config["epochs"] == 4 and config["net"] == "tiny_cnn"
+    sheet = json.load(open(os.path.join(run_dir, "scoring_sheet.json")))
+    assert len(sheet) == 6
+    for entries in sheet.values():
+        weights = [w for _, w in entries]
+        assert weights == sorted(weights, reverse=True) and all(w > 1e-3 for w in weights)
+    assert os.listdir(os.path.join(run_dir, "tensorboard"))
+    assert os.path.isfile(os.path.join(run_dir, "saved_model", "saved_model.pb"))
+
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    kernel = np.maximum(model.classifier.kernel.numpy(), 0)
+    assert metrics["global_size"] == int(np.sum(kernel.max(1) > 1e-3))
+
+    # A finished run directory is not trained again.
+    again = run_training(tiny_config)
+    assert again["epochs_run_in_last_call"] == 0
+
+
+@pytest.mark.parametrize("dataset", ["cars", "cub", "folder:/nonexistent"])
+def test_unreadable_dataset_fails_with_a_clear_message(dataset, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainers.run", f"--dataset={dataset}", f"--log_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"--dataset={dataset!r}" in proc.stderr and "synthetic" in proc.stderr
+
+
+def test_unknown_dataset_flag(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainers.run", "--dataset=imagenet", f"--log_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert proc.returncode != 0 and "Unknown --dataset='imagenet'" in proc.stderr

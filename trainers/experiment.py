@@ -1,0 +1,115 @@
+"""One PIP-Net experiment: data → model → phased training → pruning → evaluation → export."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from pipnet_tf import evaluation, metrics, phases
+from pipnet_tf.backbones import build_backbone
+from pipnet_tf.io import CONFIG_FILE, MODEL_FILE
+from pipnet_tf.model import PIPNet
+from pipnet_tf.optimization import LearningRates
+from trainers.configs import TrainConfig
+from trainers.data import build_data
+from trainers.train import PlanRunner
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """auto: MirroredStrategy with more than one GPU, the default strategy otherwise."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    raise ValueError(f"Unknown --strategy={name!r}; use auto, default, mirrored or one_device.")
+
+
+def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
+    backbone = build_backbone(config.net, config.image_size, weights=config.weights, seed=config.seed)
+    model = PIPNet(
+        backbone.model,
+        num_classes=num_classes,
+        num_prototypes=config.num_features,
+        backbone_name=config.net,
+        use_bias=config.bias,
+        shrink=config.shrink,
+        seed=config.seed,
+    )
+    model.build((None, config.image_size, config.image_size, 3))
+    return model
+
+
+def _write_json(path: pathlib.Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] = ()) -> dict:
+    """Runs the whole experiment into `config.log_dir`; returns the metrics dict.
+
+    A run directory that holds checkpoints is resumed from the newest one.
+    `extra_callbacks` are added to every `fit` call.
+    """
+    started = time.time()
+    run_dir = pathlib.Path(config.log_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / CONFIG_FILE, config.to_dict())
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    data = build_data(config)
+    with strategy.scope():
+        model = build_model(config, len(data.class_names))
+    plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
+                            config.finetune_epochs)
+    rates = LearningRates(lr=config.lr, lr_block=config.lr_block, lr_net=config.lr_net,
+                          weight_decay=config.weight_decay)
+    runner = PlanRunner(
+        model, plan, {1: (data.pretrain, data.pretrain_steps), 2: (data.train, data.train_steps)},
+        rates, run_dir, strategy=strategy, checkpoints_to_keep=config.checkpoints_to_keep,
+        extra_callbacks=list(extra_callbacks), verbose=2,
+    )
+    epochs_run = runner.run()
+    training_seconds = time.time() - started
+
+    before = evaluation.evaluate(model, data.test)
+    pruned = evaluation.prune_unused_prototypes(model, data.project)
+    after = evaluation.evaluate(model, data.test)
+    results = {
+        **after,
+        "pruned_prototypes": pruned,
+        "before_pruning": before,
+        "num_classes": len(data.class_names),
+        "num_prototypes": model.num_features,
+        "epochs_run_in_last_call": epochs_run,
+        "training_seconds": round(training_seconds, 1),
+    }
+    model.save(str(run_dir / MODEL_FILE))
+    _write_json(run_dir / "metrics.json", results)
+    _write_json(run_dir / "scoring_sheet.json",
+                metrics.scoring_sheet(model.classifier.kernel.numpy(), data.class_names))
+    (run_dir / "class_names.txt").write_text("\n".join(data.class_names) + "\n")
+    if config.export:
+        from export.saved_model import export_saved_model
+
+        export_saved_model(model, run_dir / "saved_model", config.image_size)
+    results["total_seconds"] = round(time.time() - started, 1)
+    _write_json(run_dir / "metrics.json", results)
+    logging.info(
+        "Test top-1 %.3f | global size %d | local size %.1f (%.1f for the predicted class) | "
+        "sparsity %.3f | abstained %d | %.0f s. Outputs in %s",
+        results["top1_accuracy"], results["global_size"], results["local_size_all_classes"],
+        results["local_size_predicted_class"], results["sparsity_ratio"], results["abstained"],
+        results["total_seconds"], run_dir,
+    )
+    return results
