@@ -3,22 +3,27 @@ Interpretable Image Classification", CVPR 2023) in Keras 3 / TensorFlow.
 
 All tensors are channels-last: images are (batch, height, width, 3) RGB in 0..255,
 prototype feature maps are (batch, H, W, D).
+
+The public classes are imported lazily, so that `pipnet_tf.data.synthetic` and other
+NumPy-only modules load without TensorFlow.
 """
+import importlib
 import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from pipnet_tf.layers import NonNegativeLinear  # noqa: E402
-from pipnet_tf.layers import PrototypeActivation  # noqa: E402
-from pipnet_tf.layers import PrototypePooling  # noqa: E402
-from pipnet_tf.layers import ShrinkNonNegative  # noqa: E402
-from pipnet_tf.model import PIPNet  # noqa: E402
-
-__all__ = [
-    "NonNegativeLinear",
-    "PIPNet",
-    "PrototypeActivation",
-    "PrototypePooling",
-    "ShrinkNonNegative",
-]
+_LAZY = {
+    "NonNegativeLinear": "pipnet_tf.layers",
+    "PrototypeActivation": "pipnet_tf.layers",
+    "PrototypePooling": "pipnet_tf.layers",
+    "ShrinkNonNegative": "pipnet_tf.layers",
+    "PIPNet": "pipnet_tf.model",
+}
+__all__ = sorted(_LAZY)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipnet_tf' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import pathlib
 
 import keras
 
-import pipnet_tf  # noqa: F401  (registers the custom layers)
+import pipnet_tf.model  # noqa: F401  (registers the custom layers)
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"

@@ -315,6 +315,11 @@ class PIPNet(keras.Model):
         return self(images, training=False)
 
     # === Config ===
+    def get_compile_config(self):
+        """None: optimiser groups are rebuilt per phase by the trainer, never restored
+        from a `.keras` file."""
+        return None
+
     def get_config(self) -> dict:
         return {
             "name": self.name,
