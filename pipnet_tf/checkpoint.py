@@ -17,17 +17,10 @@ import keras
 import numpy as np
 from absl import logging
 
+from pipnet_tf.io import atomic_write_text
+
 LATEST = "latest"
 _PREFIX = "epoch-"
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointManager:
@@ -54,7 +47,7 @@ class CheckpointManager:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _atomic_write_text(self.directory / LATEST, final.name + "\n")
+        atomic_write_text(self.directory / LATEST, final.name + "\n")
         self._prune()
         logging.info("Saved checkpoint %s", final)
         return final

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import tempfile
 
 import keras
 
@@ -25,3 +26,24 @@ def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     config_path = run_dir / CONFIG_FILE
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     return keras.saving.load_model(str(model_path)), config
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and an atomic rename."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, payload) -> None:
+    """Atomically writes `payload` as indented JSON."""
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")

@@ -37,6 +37,7 @@ class _TrainingState:
     def __init__(self):
         self.optimizer_groups: list[tuple[keras.optimizers.Optimizer, list]] = []
         self.net_clock: tf.Variable | None = None
+        self.updates_network = False  # does a step update anything besides the classifier?
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
@@ -206,8 +207,12 @@ class PIPNet(keras.Model):
         orphans = [v.path for k, v in trainable.items() if k not in owned]
         if orphans and optimizer_groups:
             raise ValueError(f"Trainable variables without an optimizer group: {orphans}")
+        classifier_ids = {id(v) for v in self.classifier.weights}
         self._training_state.optimizer_groups = active
         self._training_state.net_clock = net_clock
+        self._training_state.updates_network = any(
+            id(v) not in classifier_ids for _, group in active for v in group
+        )
         if loss_weights is not None:
             self.set_loss_weights(*loss_weights)
 
@@ -283,14 +288,10 @@ class PIPNet(keras.Model):
             raise ValueError("Nothing to train: compile() with optimizer_groups first.")
         grads = tape.gradient(loss, variables)
         offset = 0
-        steps_net = False
         for optimizer, group in state.optimizer_groups:
             optimizer.apply(grads[offset : offset + len(group)], group)
             offset += len(group)
-            steps_net = steps_net or not all(
-                any(v is w for w in self.classifier.weights) for v in group
-            )
-        if steps_net and state.net_clock is not None:
+        if state.updates_network and state.net_clock is not None:
             state.net_clock.assign_add(1)
         both_labels = tf.concat([labels, labels], axis=0)
         outputs = parts["outputs"]

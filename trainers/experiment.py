@@ -1,8 +1,6 @@
 """One PIP-Net experiment: data → model → phased training → pruning → evaluation → export."""
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import time
 
@@ -12,7 +10,7 @@ from absl import logging
 
 from pipnet_tf import evaluation, metrics, phases
 from pipnet_tf.backbones import build_backbone
-from pipnet_tf.io import CONFIG_FILE, MODEL_FILE
+from pipnet_tf.io import CONFIG_FILE, MODEL_FILE, write_json
 from pipnet_tf.model import PIPNet
 from pipnet_tf.optimization import LearningRates
 from trainers.configs import TrainConfig
@@ -49,12 +47,6 @@ def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
     return model
 
 
-def _write_json(path: pathlib.Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-
-
 def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Callback] = ()) -> dict:
     """Runs the whole experiment into `config.log_dir`; returns the metrics dict.
 
@@ -64,7 +56,7 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     started = time.time()
     run_dir = pathlib.Path(config.log_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / CONFIG_FILE, config.to_dict())
+    write_json(run_dir / CONFIG_FILE, config.to_dict())
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     data = build_data(config)
@@ -95,8 +87,8 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
         "training_seconds": round(training_seconds, 1),
     }
     model.save(str(run_dir / MODEL_FILE))
-    _write_json(run_dir / "metrics.json", results)
-    _write_json(run_dir / "scoring_sheet.json",
+    write_json(run_dir / "metrics.json", results)
+    write_json(run_dir / "scoring_sheet.json",
                 metrics.scoring_sheet(model.classifier.kernel.numpy(), data.class_names))
     (run_dir / "class_names.txt").write_text("\n".join(data.class_names) + "\n")
     if config.export:
@@ -104,7 +96,7 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
 
         export_saved_model(model, run_dir / "saved_model", config.image_size)
     results["total_seconds"] = round(time.time() - started, 1)
-    _write_json(run_dir / "metrics.json", results)
+    write_json(run_dir / "metrics.json", results)
     logging.info(
         "Test top-1 %.3f | global size %d | local size %.1f (%.1f for the predicted class) | "
         "sparsity %.3f | abstained %d | %.0f s. Outputs in %s",

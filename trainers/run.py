@@ -9,11 +9,8 @@ saved_model/ (serving_default: uint8 images → scores, presence).
 """
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -65,18 +62,17 @@ def resolve_config() -> TrainConfig:
 
 def main(argv):
     del argv
-    config = resolve_config()
+    from trainers.data import DatasetUnavailableError
     from trainers.experiment import run_training
 
+    config = resolve_config()
     try:
         run_training(config)
-    except Exception as error:  # one clear line for the user errors we raise ourselves
-        from trainers.data import DatasetUnavailableError
-
-        if isinstance(error, (DatasetUnavailableError, ValueError, FileNotFoundError, FloatingPointError)):
-            logging.error("%s: %s", type(error).__name__, error)
-            sys.exit(2)
-        raise
+    except (DatasetUnavailableError, ValueError, FileNotFoundError, FloatingPointError) as error:
+        # Problems with the user's flags or data: one clear line, the traceback only with -v 1.
+        logging.vlog(1, "Traceback:", exc_info=True)
+        logging.error("%s: %s", type(error).__name__, error)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

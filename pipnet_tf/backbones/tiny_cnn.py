@@ -26,7 +26,8 @@ def _conv_bn_relu(x, filters: int, stride: int, name: str, seed):
         kernel_initializer=keras.initializers.HeNormal(seed=seed),
         name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
+    # momentum 0.9 = PyTorch's BatchNorm default (0.1 in its convention), as the reference.
+    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
