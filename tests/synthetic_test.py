@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipnet_tf.data import synthetic
+from pipnet_tf.data import synthetic, synthetic_render
 
 SPEC = synthetic.SyntheticSpec(image_size=64, train_per_class=6, test_per_class=3,
                                ood_per_kind=4, seed=3, occlusion_prob=0.5)
@@ -191,7 +191,7 @@ def test_part_locs_inside_image_and_bbox(dataset: pathlib.Path) -> None:
 
 
 def test_annotations_point_at_the_parts(dataset: pathlib.Path) -> None:
-    colours = {n: np.array(c, float) for n, (_, c, _) in synthetic._PART_STYLE.items() if c}
+    colours = {n: np.array(c, float) for n, (_, c, _) in synthetic_render._PART_STYLE.items() if c}
     locs = _part_locs(dataset)
     hits: dict[str, list[bool]] = {}
     for path, img_locs in zip(_images(dataset), locs):
