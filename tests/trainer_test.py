@@ -97,3 +97,15 @@ def test_unknown_dataset_flag(tmp_path):
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert proc.returncode != 0 and "Unknown --dataset='imagenet'" in proc.stderr
+
+
+def test_strategy_choice():
+    import tensorflow as tf
+
+    from trainers.experiment import make_strategy
+
+    # No GPU here: "auto" is the default strategy; "mirrored" over the one CPU works too.
+    assert make_strategy("auto") is tf.distribute.get_strategy()
+    assert make_strategy("mirrored").num_replicas_in_sync >= 1
+    with pytest.raises(ValueError, match="--strategy='bogus'"):
+        make_strategy("bogus")
