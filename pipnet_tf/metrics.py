@@ -64,7 +64,7 @@ def almost_nonzero_presence(presence: np.ndarray) -> np.ndarray:
 def summary(scores: np.ndarray, presence: np.ndarray, labels: np.ndarray, kernel: np.ndarray) -> dict:
     """All of the above for one evaluated split, as a JSON-friendly dict."""
     return {
-        "num_images": int(len(labels)),
+        "num_images": len(labels),
         "top1_accuracy": top1_accuracy(scores, labels),
         "top5_accuracy": topk_accuracy(scores, labels, 5),
         "abstained": int(np.sum(abstained(scores))),
@@ -96,3 +96,86 @@ def scoring_sheet(kernel: np.ndarray, class_names: list[str]) -> dict[str, list[
         ids = ids[np.argsort(-w[ids, k], kind="stable")]
         sheet[name] = [[int(d), float(w[d, k])] for d in ids]
     return sheet
+
+
+# === Classification details (reference `eval_pipnet`) ===
+def confusion_matrix(scores: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """(K, K) int counts, rows = true class, columns = predicted class (argmax)."""
+    scores = np.asarray(scores)
+    k = scores.shape[1] if num_classes is None else int(num_classes)
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (np.asarray(labels, np.int64), np.argmax(scores, axis=1)), 1)
+    return cm
+
+
+def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Area under the ROC curve of binary labels (1 = positive) for `y_score`, with tied
+    scores counted half (Mann–Whitney U; equals sklearn's `roc_auc_score`). NaN when only
+    one class is present."""
+    y_true = np.asarray(y_true).astype(bool)
+    y_score = np.asarray(y_score, np.float64)
+    pos, neg = int(y_true.sum()), int((~y_true).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(y_score, kind="stable")
+    sorted_scores = y_score[order]
+    ranks = np.empty(len(y_score), np.float64)
+    # Average ranks (1-based) over runs of tied scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(sorted_scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + 1 + e) / 2.0
+    u = ranks[y_true].sum() - pos * (pos + 1) / 2.0
+    return float(u / (pos * neg))
+
+
+def auc_scores(scores: np.ndarray, multiplier: float = 2.0) -> np.ndarray:
+    """(N,) the reference's AUC score max softmax(log1p(scores**m)) over classes."""
+    z = np.log1p(np.asarray(scores, np.float64) ** multiplier)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return np.max(p / p.sum(axis=1, keepdims=True), axis=1)
+
+
+def binary_metrics(scores: np.ndarray, labels: np.ndarray, multiplier: float = 2.0) -> dict:
+    """Two-class metrics exactly as the reference prints them.
+
+    Class 0 is "positive" for sensitivity/specificity (tp = cm[0,0]), while F1 uses label 1
+    as positive and AUC scores images by max softmax(log1p(scores**m)) against label 1
+    (sklearn defaults in the reference). NaN where a denominator is 0.
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels)
+    if scores.shape[1] != 2:
+        raise ValueError(f"binary_metrics needs 2 classes, got scores of shape {scores.shape}")
+    cm = confusion_matrix(scores, labels, 2)
+    tp, fn, fp, tn = (float(cm[0, 0]), float(cm[0, 1]), float(cm[1, 0]), float(cm[1, 1]))
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+
+    sensitivity, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    pred = np.argmax(scores, axis=1)
+    tp1 = float(np.sum((pred == 1) & (labels == 1)))
+    f1_denominator = float(np.sum(pred == 1) + np.sum(labels == 1))
+    f1 = 2 * tp1 / f1_denominator if f1_denominator else 0.0  # sklearn's zero_division
+    recalls = [ratio(float(cm[c, c]), float(cm[c].sum())) for c in range(2) if cm[c].sum()]
+    return {
+        "f1": f1,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+        "auc": roc_auc(labels == 1, auc_scores(scores, multiplier)),
+        "tp": int(tp), "fn": int(fn), "fp": int(fp), "tn": int(tn),
+    }
+
+
+def classification_report(scores: np.ndarray, presence: np.ndarray, labels: np.ndarray,
+                          kernel: np.ndarray, multiplier: float = 2.0) -> dict:
+    """`summary` plus the confusion matrix, and for 2 classes the binary metrics (the
+    reference then reports F1 in place of top-5)."""
+    report = summary(scores, presence, labels, kernel)
+    report["confusion_matrix"] = confusion_matrix(scores, labels).tolist()
+    if np.asarray(scores).shape[1] == 2:
+        report.update(binary_metrics(scores, labels, multiplier))
+    return report

@@ -39,3 +39,37 @@ def test_unused_prototypes_and_scoring_sheet():
     np.testing.assert_array_equal(metrics.unused_prototypes(presence, w), [1, 3])
     sheet = metrics.scoring_sheet(w, ["a", "b"])
     assert sheet == {"a": [[0, 1.0], [1, 0.5], [3, 0.3]], "b": [[1, 0.2]]}
+
+
+def test_confusion_matrix_rows_true_columns_predicted():
+    cm = metrics.confusion_matrix(S, Y)
+    np.testing.assert_array_equal(cm, [[1, 0], [1, 1]])  # abstaining image 3 → class 0
+
+
+def test_roc_auc_hand_computed():
+    # sklearn's documented example: 3 of the 4 positive/negative pairs are ordered right.
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    # Ties count half: pos {0.5, 0.9} vs neg {0.5, 0.5} → (0.5 + 0.5 + 1 + 1) / 4.
+    assert metrics.roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.9]) == 0.75
+    assert np.isnan(metrics.roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_auc_score_is_max_softmax_of_log1p_power():
+    # log1p(1**2) = ln 2, log1p(0) = 0 → softmax (2/3, 1/3).
+    np.testing.assert_allclose(metrics.auc_scores(np.array([[1.0, 0.0]]), 2.0), [2 / 3])
+
+
+def test_binary_metrics_hand_computed():
+    scores = np.array([[2.0, 1.0], [0.5, 1.0], [3.0, 0.0], [1.0, 2.0]])
+    labels = np.array([0, 0, 1, 1])  # predictions 0, 1, 0, 1
+    out = metrics.binary_metrics(scores, labels)
+    assert (out["tp"], out["fn"], out["fp"], out["tn"]) == (1, 1, 1, 1)
+    assert out["sensitivity"] == 0.5 and out["specificity"] == 0.5
+    assert out["f1"] == 0.5 and out["balanced_accuracy"] == 0.5
+    # AUC of label 1 against max-softmax scores: label-1 images have the 2nd highest and the
+    # highest score (ties none) → pairs (3.0,0) > all, (1,2) vs (2,1): equal scores → 0.5.
+    s = metrics.auc_scores(scores)
+    expected = np.mean([[float(a > b) + 0.5 * (a == b) for b in s[:2]] for a in s[2:]])
+    assert out["auc"] == expected
+    report = metrics.classification_report(scores, np.ones((4, 1)), labels, np.ones((1, 2)))
+    assert report["confusion_matrix"] == [[1, 1], [1, 1]] and report["f1"] == 0.5

@@ -1,0 +1,129 @@
+"""Writes global and local explanations of a trained PIP-Net and the HTML report.
+
+Layout of `out_dir`:
+    index.html                      the report (relative links, opens from disk)
+    global/scoring_sheet.png|json   prototypes and weights per class
+    global/prototype_0012.png       top-k training patches of each relevant prototype
+    local/0001_<image>.png|json     one explanation per explained image
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from pipnet_tf import metrics, ood
+from pipnet_tf.data import pipeline
+from pipnet_tf.explain import global_view, local_view, render, report
+from pipnet_tf.explain.patches import collect_prototype_outputs
+from pipnet_tf.io import write_json
+
+
+@dataclasses.dataclass
+class GlobalExplanation:
+    """Top-k patches per relevant prototype and where their pictures were written."""
+
+    topk: dict[int, list[dict]]
+    patches: dict[int, list[Image.Image]]
+    prototype_pngs: dict[int, str]
+    scoring_sheet: dict[str, list]
+    scoring_sheet_png: str
+
+
+def load_images(paths: Sequence[str], image_size: int, batch_size: int = 64) -> np.ndarray:
+    """(N, S, S, 3) uint8: the images exactly as the model sees them (eval resize)."""
+    ds = pipeline.eval_dataset(list(paths), np.zeros(len(paths), np.int32), image_size,
+                               batch_size, cache=False)
+    return np.concatenate([np.asarray(x, np.uint8) for x, _ in ds])
+
+
+def _dataset(paths: Sequence[str], image_size: int, batch_size: int):
+    return pipeline.eval_dataset(list(paths), np.zeros(len(paths), np.int32), image_size,
+                                 batch_size, cache=False)
+
+
+def build_global(model: keras.Model, train_paths: Sequence[str], class_names: Sequence[str],
+                 out_dir: str | pathlib.Path, image_size: int, k: int = 10, batch_size: int = 64,
+                 verbose: int = 0, outputs: dict | None = None) -> GlobalExplanation:
+    """Prototype grids and the scoring sheet from the (unaugmented) training images."""
+    out_dir = pathlib.Path(out_dir)
+    (out_dir / "global").mkdir(parents=True, exist_ok=True)
+    if outputs is None:
+        logging.info("Global explanation: running the model over %d training images", len(train_paths))
+        outputs = collect_prototype_outputs(model, _dataset(train_paths, image_size, batch_size), verbose)
+    kernel = model.classifier.kernel.numpy()
+    topk = global_view.prototype_topk(outputs, kernel, k)
+    needed = sorted({e["image"] for entries in topk.values() for e in entries})
+    pixels = dict(zip(needed, load_images([train_paths[i] for i in needed], image_size, batch_size))) \
+        if needed else {}
+    patches, pngs = {}, {}
+    progress = keras.utils.Progbar(len(topk), verbose=verbose, unit_name="prototype")
+    for n, (p, entries) in enumerate(topk.items()):
+        patches[p] = [render.crop(pixels[e["image"]], e["box"]) for e in entries]
+        grid = global_view.render_prototype_grid(
+            p, patches[p], [e["presence"] for e in entries],
+            global_view.class_weights_of(kernel, p, class_names))
+        pngs[p] = f"global/prototype_{p:04d}.png"
+        grid.save(out_dir / pngs[p])
+        progress.update(n + 1)
+    sheet = metrics.scoring_sheet(kernel, list(class_names))
+    write_json(out_dir / "global" / "scoring_sheet.json", sheet)
+    write_json(out_dir / "global" / "prototype_topk.json", {
+        str(p): [{**e, "box": list(e["box"]), "path": train_paths[e["image"]]} for e in entries]
+        for p, entries in topk.items()})
+    thumbs = {p: ps[0] for p, ps in patches.items()}
+    global_view.render_scoring_sheet(kernel, class_names, thumbs).save(out_dir / "global" / "scoring_sheet.png")
+    return GlobalExplanation(topk, patches, pngs, sheet, "global/scoring_sheet.png")
+
+
+def explain_images(model: keras.Model, image_paths: Sequence[str], class_names: Sequence[str],
+                   global_explanation: GlobalExplanation, out_dir: str | pathlib.Path,
+                   image_size: int, batch_size: int = 64, verbose: int = 0,
+                   top_classes: int = local_view.TOP_CLASSES,
+                   ood_thresholds: Sequence[float] | None = None) -> list[tuple[str, str]]:
+    """One PNG (+ JSON) per image under out_dir/local; returns [(image name, relative png)].
+    With `ood_thresholds` (FPR95 class thresholds) each picture says whether the image is
+    accepted as in-distribution."""
+    out_dir = pathlib.Path(out_dir)
+    (out_dir / "local").mkdir(parents=True, exist_ok=True)
+    if not image_paths:
+        return []
+    outputs = collect_prototype_outputs(model, _dataset(image_paths, image_size, batch_size))
+    pixels = load_images(image_paths, image_size, batch_size)
+    kernel = model.classifier.kernel.numpy()
+    verdicts = [None] * len(image_paths)
+    if ood_thresholds is not None:
+        verdicts = [bool(v) for v in ood.accepted(outputs["scores_raw"], np.asarray(ood_thresholds))]
+    written = []
+    progress = keras.utils.Progbar(len(image_paths), verbose=verbose, unit_name="image")
+    for i, path in enumerate(image_paths):
+        name = pathlib.Path(path).name
+        picture, description = local_view.explain_image(
+            pixels[i], outputs["scores"][i], outputs["presence"][i], outputs["locations"][i],
+            tuple(outputs["latent_hw"]), kernel, class_names, global_explanation.patches,
+            title=name, top_classes=top_classes, in_distribution=verdicts[i])
+        stem = f"{i + 1:04d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', pathlib.Path(path).stem)}"
+        picture.save(out_dir / "local" / f"{stem}.png")
+        write_json(out_dir / "local" / f"{stem}.json", {"path": str(path), **description})
+        written.append((name, f"local/{stem}.png"))
+        progress.update(i + 1)
+    return written
+
+
+def write_explanations(model: keras.Model, class_names: Sequence[str], train_paths: Sequence[str],
+                       image_paths: Sequence[str], out_dir: str | pathlib.Path, image_size: int,
+                       evaluation: dict | None = None, title: str = "PIP-Net explanations",
+                       k: int = 10, batch_size: int = 64, verbose: int = 0) -> pathlib.Path:
+    """Global + local explanations and `out_dir/index.html`; returns the index path."""
+    glob = build_global(model, train_paths, class_names, out_dir, image_size, k, batch_size, verbose)
+    thresholds = (evaluation or {}).get("ood", {}).get("thresholds")
+    local = explain_images(model, image_paths, class_names, glob, out_dir, image_size, batch_size,
+                           verbose, ood_thresholds=thresholds)
+    return report.write_report(out_dir, title, evaluation, glob.scoring_sheet_png, glob.scoring_sheet,
+                               glob.prototype_pngs, local)

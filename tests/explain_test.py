@@ -1,0 +1,132 @@
+"""Explanations, the evaluation and explanation CLIs end to end on a tiny random run."""
+import hashlib
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipnet_tf.backbones import build_backbone
+from pipnet_tf.explain import global_view, local_view
+from pipnet_tf.io import write_json
+from pipnet_tf.model import PIPNet
+
+SIZE = 32
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_model(num_classes=6, seed=0):
+    """16 prototypes (1x1 add-on, sharpened so that presence reaches ~1), 12 relevant."""
+    model = PIPNet(build_backbone("tiny_cnn", SIZE, weights=None, seed=seed).model,
+                   num_classes=num_classes, num_prototypes=16, backbone_name="tiny_cnn", seed=seed)
+    model.build((None, SIZE, SIZE, 3))
+    model.add_on.kernel.assign(model.add_on.kernel * 50.0)
+    kernel = np.zeros(model.classifier.kernel.shape, np.float32)
+    rng = np.random.default_rng(seed)
+    kernel[rng.choice(kernel.shape[0], 12, replace=False), :] = rng.uniform(0.5, 3, (12, num_classes))
+    model.classifier.kernel.assign(kernel)
+    return model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    tiny_model().save(str(root / "model.keras"))
+    write_json(root / "config.json", {
+        "dataset": "synthetic", "image_size": SIZE, "cache_dir": str(root / "cache"),
+        "synthetic_train_per_class": 4, "synthetic_test_per_class": 2})
+    return root
+
+
+def _digest(path):
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def test_evaluate_run_writes_all_metrics_without_touching_the_model(run_dir):
+    from trainers.evaluate import evaluate_run
+
+    before = _digest(run_dir / "model.keras")
+    result = evaluate_run(run_dir, verbose=0)
+    assert _digest(run_dir / "model.keras") == before
+    saved = json.loads((run_dir / "evaluation.json").read_text())
+    assert saved["test"]["num_images"] == 12 and len(saved["test"]["confusion_matrix"]) == 6
+    assert set(saved["ood"]["sources"]) == {"backgrounds", "body_only", "unknown_shapes"}
+    assert saved["ood"]["id_accepted"] >= 0.95
+    assert {"train", "test"} == set(saved["purity"])
+    assert "top10" in saved["purity"]["train"] and "presence_gt_0.5" in saved["purity"]["train"]
+    assert saved["before_pruning"]["global_size"] == 12
+    latent = result["latent_hw"][1]
+    assert result["patch_size_and_skip"] == [5, round((SIZE - 5) / (latent - 1))]  # 32·32/224 → 5
+    text = (run_dir / "evaluation.md").read_text()
+    assert "FPR95" in text and "purity" in text
+
+
+def test_explain_report_and_pictures(run_dir):
+    from trainers.explain import explain_run
+
+    index = explain_run(run_dir, verbose=0)
+    out = index.parent
+    protos = sorted((out / "global").glob("prototype_*.png"))
+    topk = json.loads((out / "global" / "prototype_topk.json").read_text())
+    assert len(protos) == len(topk) > 0 and all(len(v) == 10 for v in topk.values())
+    assert (out / "global" / "scoring_sheet.png").is_file()
+    sheet = json.loads((out / "global" / "scoring_sheet.json").read_text())
+    assert len(sheet) == 6 and all(len(v) == 12 for v in sheet.values())
+    local = sorted((out / "local").glob("*.png"))
+    assert len(local) == 6 * 2 + 3  # 2 test images per class + 1 per OoD folder
+    description = json.loads(local[0].with_suffix(".json").read_text())
+    assert description["classes"] and description["in_distribution"] in (True, False)
+    for item in description["classes"][0]["prototypes"]:
+        assert item["contribution"] == pytest.approx(item["presence"] * item["weight"], rel=1e-5)
+    html = index.read_text()
+    assert html.count("<img ") == len(protos) + len(local) + 1
+
+
+def test_abstention_reads_no_known_part_found():
+    image = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    kernel = np.zeros((8, 3))
+    picture, description = local_view.explain_image(
+        image, np.zeros(3), np.zeros(8), np.zeros(8, np.int32), (4, 4), kernel, ["a", "b", "c"], {})
+    assert description["abstained"] and description["classes"] == []
+    assert picture.width > 200 and picture.height > 200
+
+
+def test_contributions_and_topk():
+    kernel = np.array([[2.0, 0.0], [0.0, 1.0], [0.5, 0.0]])
+    presence = np.array([0.5, 0.9, 0.001])
+    assert local_view.contributions(presence, kernel, 0) == [(0, 0.5, 2.0, 1.0)]
+    outputs = {"presence": np.array([[0.9, 0.0, 0.0], [0.5, 0.05, 0.0]]),
+               "locations": np.zeros((2, 3), np.int32), "latent_hw": np.array([4, 4]),
+               "image_size": np.asarray(SIZE)}
+    topk = global_view.prototype_topk(outputs, kernel, k=2)
+    # Prototype 1 is relevant but never above 0.1 → skipped; prototype 2 likewise.
+    assert list(topk) == [0] and [e["image"] for e in topk[0]] == [0, 1]
+
+
+def test_explain_cli_on_a_folder(run_dir, tmp_path):
+    images = tmp_path / "imgs" / "nested"
+    images.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), np.uint8)).save(
+            images / f"x{i}.jpg")
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "trainers.explain", "--model", str(run_dir), "--images",
+                    str(tmp_path / "imgs"), "--out", str(out), "--verbose", "0"],
+                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    assert len(list((out / "local").glob("*.png"))) == 2 and (out / "index.html").is_file()
+
+
+def test_evaluate_extra_ood_folder_only(run_dir, tmp_path):
+    from trainers.evaluate import evaluate_run
+
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 30, 3), np.uint8)).save(
+            folder / f"n{i}.png")
+    result = evaluate_run(run_dir, [f"noise=folder:{folder}"], default_ood=False, verbose=0)
+    assert list(result["ood"]["sources"]) == ["noise"]
+    assert result["ood"]["sources"]["noise"]["num_images"] == 3

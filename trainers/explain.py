@@ -1,0 +1,86 @@
+"""Explain a trained PIP-Net: global prototype pictures, local explanations, HTML report.
+
+    python -m trainers.explain --model RUN_DIR --images DIR --out DIR
+    python -m trainers.explain --model RUN_DIR --report      # RUN_DIR/report/index.html
+
+`--images` explains every image under DIR (recursive). `--report` explains a few test
+images per class (and one per OoD folder of the built-in dataset) and includes
+RUN_DIR/evaluation.json when present (run trainers.evaluate first). The report opens from
+disk in any browser; it needs no server.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+from absl import app, flags, logging
+
+from pipnet_tf import ood
+from pipnet_tf.explain import write_explanations
+from pipnet_tf.io import load_run
+from trainers.evaluate import EVALUATION_FILE, run_data
+
+REPORT_DIR = "report"
+
+
+def report_images(data, per_class: int = 2, per_ood: int = 1) -> list[str]:
+    """A few test images per class plus some OoD images (to show abstention)."""
+    labels = np.asarray(data.test_labels)
+    chosen = [data.test_paths[i] for c in range(len(data.class_names))
+              for i in np.flatnonzero(labels == c)[:per_class]]
+    for folder in data.default_ood.values():
+        chosen += ood.list_images(folder)[:per_ood]
+    return chosen
+
+
+def explain_run(run_dir: str | os.PathLike, images: list[str] | None = None,
+                out_dir: str | os.PathLike | None = None, k: int = 10, batch_size: int = 64,
+                verbose: int = 1) -> pathlib.Path:
+    """Writes the explanations and index.html; returns the index path."""
+    run_dir = pathlib.Path(run_dir)
+    model, config = load_run(run_dir)
+    data = run_data(config)
+    out_dir = pathlib.Path(out_dir) if out_dir else run_dir / REPORT_DIR
+    if images is None:
+        images = report_images(data)
+    evaluation_path = run_dir / EVALUATION_FILE
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
+    return write_explanations(model, data.class_names, data.train_paths, images, out_dir,
+                              data.image_size, evaluation=evaluation,
+                              title=f"PIP-Net explanations: {run_dir.name} ({config.get('dataset')})",
+                              k=k, batch_size=batch_size, verbose=verbose)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainers.explain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="run directory (holds model.keras)")
+    parser.add_argument("--images", help="folder of images to explain (recursive)")
+    parser.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    parser.add_argument("--report", action="store_true",
+                        help="full report for the run with a few test images per class")
+    parser.add_argument("--k", type=int, default=10, help="top-k patches per prototype")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--verbose", type=int, default=1, help="progress bars: 0 off, 1 on")
+    args = parser.parse_args(argv[1:])
+    if not args.images and not args.report:
+        parser.error("pass --images DIR (with --out DIR) or --report")
+    flags.FLAGS(argv[:1])
+    logging.set_verbosity(logging.INFO)
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    images = ood.list_images(args.images) if args.images else None
+    index = explain_run(args.model, images, args.out, args.k, args.batch_size, args.verbose)
+    logging.info("Explanations written; open %s", index.resolve())
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse, argv=sys.argv)
