@@ -149,3 +149,12 @@ def test_bad_split_name_and_select(tmp_path: pathlib.Path) -> None:
     assert picked.paths == [records.paths[2], records.paths[0]]
     with pytest.raises(ValueError, match=r"\(3,\)"):
         records.select(np.array([True, False]))
+
+
+def test_empty_optional_table_reads_as_no_rows(tmp_path):
+    from pipnet_tf.data import cub
+
+    path = tmp_path / "bounding_boxes.txt"
+    path.write_text("")
+    linenos, table = cub._read_numeric(path, 5, 1)
+    assert linenos == [] and table.shape == (0, 5)

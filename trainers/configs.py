@@ -35,6 +35,12 @@ class TrainConfig:
     # Size of the built-in dataset (images per class); smaller for quick smoke runs.
     synthetic_train_per_class: int = 120
     synthetic_test_per_class: int = 50
+    # Datasets (issue #4): held-out fraction per class for a single class-folder tree,
+    # tfds download permission, augmentation override and the in-memory image cache.
+    validation_size: float = 0.2
+    download: bool = False
+    augment: str = ""
+    cache_images: bool = True
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -42,6 +42,13 @@ _FIELD_FLAGS = {
     "seed": (flags.DEFINE_integer, "Random seed."),
     "cache_dir": (flags.DEFINE_string, "Where the built-in dataset is generated."),
     "export": (flags.DEFINE_bool, "Write the SavedModel at the end."),
+    "validation_size": (flags.DEFINE_float, "Test fraction per class for a class-folder tree "
+                        "without train/ and test/ subfolders."),
+    "download": (flags.DEFINE_bool, "Let tensorflow-datasets download and prepare cub, cars "
+                 "or pets when they are not in --data_dir (needs internet)."),
+    "augment": (flags.DEFINE_string, "Augmentation geometry: cub | cub_pretrain | cars | pets "
+                "| partimagenet; empty = the dataset's own (SPEC section 5)."),
+    "cache_images": (flags.DEFINE_bool, "Keep decoded, resized images in memory."),
 }
 for _name, (_define, _help) in _FIELD_FLAGS.items():
     _define(_name, None, _help + " Default: the dataset preset's.")

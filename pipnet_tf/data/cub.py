@@ -111,11 +111,11 @@ def _read_rows(path: pathlib.Path, ncols: int, text_last: bool = False
     return linenos, rows
 
 
-def _numeric(path: pathlib.Path, linenos: list[int], rows: list[list[str]], int_cols: int
-             ) -> np.ndarray:
+def _numeric(path: pathlib.Path, linenos: list[int], rows: list[list[str]], int_cols: int,
+             ncols: int) -> np.ndarray:
     """Rows as float64 (N, ncols); the first `int_cols` columns must hold integers."""
     try:
-        table = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), ncols)
     except ValueError:
         for lineno, row in zip(linenos, rows):
             for field in row:
@@ -136,13 +136,13 @@ def _numeric(path: pathlib.Path, linenos: list[int], rows: list[list[str]], int_
 def _read_numeric(path: pathlib.Path, ncols: int, int_cols: int) -> tuple[list[int], np.ndarray]:
     """Reads a numeric table; returns (line numbers, float64 (N, ncols))."""
     linenos, rows = _read_rows(path, ncols)
-    return linenos, _numeric(path, linenos, rows, int_cols)
+    return linenos, _numeric(path, linenos, rows, int_cols, ncols)
 
 
 def _id_table(path: pathlib.Path, text_last: bool = True) -> tuple[np.ndarray, list[str]]:
     """Reads `<id> <text>` rows sorted by id: (int64 ids (K,), texts)."""
     linenos, rows = _read_rows(path, 2, text_last=text_last)
-    ids = _numeric(path, linenos, [r[:1] for r in rows], 1)[:, 0].astype(np.int64)
+    ids = _numeric(path, linenos, [r[:1] for r in rows], 1, 1)[:, 0].astype(np.int64)
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
     dup = np.flatnonzero(ids[1:] == ids[:-1])

@@ -7,7 +7,7 @@ own preprocessing applies). Training yields two augmented views per image
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -26,14 +26,48 @@ def decode_image(path: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32)
 
 
-def _load_resized(path: tf.Tensor, size: int) -> tf.Tensor:
-    """Decode and resize to `(size, size, 3)` (bilinear, antialiased), rounded to uint8.
+def crop_fraction(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+    """Crops `(H, W, C)` to `box` = (y0, x0, y1, x1) in fractions of H and W.
+
+    Fractions from `geometry.normalized_boxes` round back to the same whole pixels as the
+    reference's PIL crop; the crop keeps at least one pixel.
+    """
+    shape = tf.shape(image)
+    hw = tf.cast(tf.stack([shape[0], shape[1], shape[0], shape[1]]), tf.float32)
+    y0, x0, y1, x1 = tf.unstack(tf.cast(tf.round(tf.cast(box, tf.float32) * hw), tf.int32))
+    y0 = tf.clip_by_value(y0, 0, shape[0] - 1)
+    x0 = tf.clip_by_value(x0, 0, shape[1] - 1)
+    y1 = tf.clip_by_value(y1, y0 + 1, shape[0])
+    x1 = tf.clip_by_value(x1, x0 + 1, shape[1])
+    return image[y0:y1, x0:x1]
+
+
+def _load_resized(path: tf.Tensor, size: int, box: tf.Tensor | None = None) -> tf.Tensor:
+    """Decode, crop to `box` (fractions, optional) and resize to `(size, size, 3)`
+    (bilinear, antialiased), rounded to uint8.
 
     Rounding mirrors the reference, whose PIL Resize output is uint8; it also keeps the
     in-memory cache 4x smaller than float32.
     """
-    image = tf.image.resize(decode_image(path), (size, size), "bilinear", antialias=True)
+    image = decode_image(path)
+    if box is not None:
+        image = crop_fraction(image, box)
+    image = tf.image.resize(image, (size, size), "bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def _images(paths: list[str], size: int, boxes: np.ndarray | None) -> tf.data.Dataset:
+    """Decoded, cropped, resized uint8 images in the order of `paths`."""
+    if boxes is None:
+        return tf.data.Dataset.from_tensor_slices(paths).map(
+            lambda p: _load_resized(p, size), num_parallel_calls=AUTOTUNE, deterministic=True)
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.shape != (len(paths), 4):
+        raise ValueError(f"boxes must have shape ({len(paths)}, 4) to match paths, "
+                         f"got {boxes.shape!r}")
+    return tf.data.Dataset.from_tensor_slices((paths, boxes)).map(
+        lambda p, b: _load_resized(p, size, b), num_parallel_calls=AUTOTUNE,
+        deterministic=True)
 
 
 def _validated(paths: Sequence[str], labels: np.ndarray,
@@ -55,7 +89,8 @@ def _validated(paths: Sequence[str], labels: np.ndarray,
 
 def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentConfig,
                      batch_size: int, seed: int, shuffle: bool = True,
-                     drop_remainder: bool = True, cache: bool = True) -> tf.data.Dataset:
+                     drop_remainder: bool = True, cache: bool = True,
+                     boxes: np.ndarray | None = None) -> tf.data.Dataset:
     """Training pipeline yielding `(view1, view2, label)` batches.
 
     Shapes: view1, view2 `(B, img, img, 3)` float32 in 0..255 with img =
@@ -75,6 +110,8 @@ def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentCo
       shuffle: shuffle (and reshuffle every epoch).
       drop_remainder: drop the last partial batch (the reference's drop_last=True).
       cache: keep the decoded, resized uint8 images in memory.
+      boxes: optional float `(N, 4)` crop boxes y0, x0, y1, x1 as fractions of each image
+        (`geometry.normalized_boxes`), applied before the resize (CUB's bounding boxes).
     """
     paths, labels = _validated(paths, labels, batch_size)
     if drop_remainder and batch_size > len(paths):
@@ -84,8 +121,7 @@ def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentCo
         raise ValueError(f"config must be an AugmentConfig, got {config!r}")
     seed = int(seed)
     size_r = config.resize_size
-    images = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: _load_resized(p, size_r), num_parallel_calls=AUTOTUNE, deterministic=True)
+    images = _images(paths, size_r, boxes)
     ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(labels)))
     if cache:
         ds = ds.cache()
@@ -112,19 +148,19 @@ def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentCo
 
 
 def eval_dataset(paths: Sequence[str], labels: np.ndarray, image_size: int,
-                 batch_size: int, cache: bool = True) -> tf.data.Dataset:
+                 batch_size: int, cache: bool = True,
+                 boxes: np.ndarray | None = None) -> tf.data.Dataset:
     """Evaluation pipeline yielding `(image, label)` batches in the order of `paths`.
 
     Shapes: image `(B, image_size, image_size, 3)` float32 in 0..255 (a plain resize that
-    ignores the aspect ratio, no crop), label `(B,)` int32; the last batch may be smaller.
+    ignores the aspect ratio, after the optional `boxes` crop as in `two_view_dataset`),
+    label `(B,)` int32; the last batch may be smaller.
     """
     paths, labels = _validated(paths, labels, batch_size)
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
             or image_size <= 0:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    images = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: _load_resized(p, image_size), num_parallel_calls=AUTOTUNE,
-        deterministic=True)
+    images = _images(paths, image_size, boxes)
     ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(labels)))
     if cache:
         ds = ds.cache()
