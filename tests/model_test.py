@@ -105,7 +105,7 @@ def test_train_step_per_stage_updates_only_trainable_groups():
     opts1 = make_phase_optimizers(model.layer_groups(), 1, LearningRates(lr_block=1e-2), 2, 1)
     opts1.build()
     stem = model.backbone.get_layer("stem_conv").kernel
-    last = model.backbone.get_layer("stage3_b_conv").kernel
+    last = model.backbone.get_layer("stage3_conv").kernel
     snapshot = lambda: {v.path: v.numpy().copy() for v in (stem, last, model.classifier.kernel)}  # noqa: E731
 
     before = snapshot()
