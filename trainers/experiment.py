@@ -94,7 +94,8 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     if config.export:
         from export.saved_model import export_saved_model
 
-        export_saved_model(model, run_dir / "saved_model", config.image_size)
+        export_saved_model(model, run_dir / "saved_model", config.image_size,
+                           class_names=data.class_names)
     results["total_seconds"] = round(time.time() - started, 1)
     write_json(run_dir / "metrics.json", results)
     logging.info(

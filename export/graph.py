@@ -1,0 +1,176 @@
+"""The inference graph shared by every export format.
+
+`InferenceGraph(model, image_size)` wraps a trained `PIPNet` in functions of uint8 images
+of any batch and size, resized inside the graph (bilinear) to the model's square input:
+
+    predict(images)  → scores (batch, K) float32, predicted_class (batch,) int32 (-1 when
+                       abstaining), abstained (batch,) bool, presence (batch, D') float32;
+    explain(images)  → the same, plus per prototype the latent cell where it fired,
+                       prototype_cell (batch, D', 2) int32 (h, w), its box in the input
+                       image's pixels, prototype_box (batch, D', 4) float32
+                       (y_min, x_min, y_max, x_max; max exclusive), and the per-class
+                       contributions presence × weight, contributions (batch, D', K).
+
+With `compact=True` the prototypes whose scoring-sheet weights are all zero are dropped
+after the softmax (which still needs every channel), so D' ≤ D and `prototype_ids` maps
+row i of `presence` back to prototype `prototype_ids[i]`. Scores are unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+PATCH_SIZE = 32  # SPEC §4: visual patch size in model-input pixels (at 224)
+SPECIAL_GRID = 26  # SPEC §4: the 26x26 grid has its own edge handling (offset 4)
+
+
+def patch_skip(image_size: int, grid: int, patch_size: int = PATCH_SIZE) -> int:
+    """skip = round((image_size − patch) / (grid − 1)) (SPEC §4); 0 for a 1-cell grid."""
+    if grid <= 1:
+        return 0
+    return int(np.round((image_size - patch_size) / (grid - 1)))
+
+
+def cell_bounds(image_size: int, grid: int, patch_size: int = PATCH_SIZE,
+                special_26: bool = False) -> np.ndarray:
+    """(grid, 2) int array of [min, max) pixel bounds, along one axis, of every latent
+    index in a square `image_size` model input.
+
+    Restates the reference's `get_img_coordinates` per axis. Its 26x26 branch compares
+    `softmaxes.shape[1]` (the prototype count in its NCHW layout) with 26, so it never
+    fires for D = 768; we apply it as intended (SPEC §4) to 26x26 latent grids.
+    """
+    skip = patch_skip(image_size, grid, patch_size)
+    bounds = np.zeros((grid, 2), np.int64)
+    for i in range(grid):
+        if special_26:
+            lo = max(0, (i - 1) * skip + 4)
+            if i == grid - 1:
+                lo -= 4
+            hi = lo + patch_size
+        else:
+            lo = i * skip
+            hi = min(image_size, i * skip + patch_size)
+        if i == grid - 1:
+            hi = image_size
+        if hi == image_size:
+            lo = image_size - patch_size
+        bounds[i] = (max(lo, 0), min(hi, image_size))
+    return bounds
+
+
+def kept_prototypes(model) -> np.ndarray:
+    """Indices of prototypes with a non-zero scoring-sheet weight for some class."""
+    effective = np.maximum(model.classifier.kernel.numpy(), 0.0)
+    return np.flatnonzero(effective.max(axis=1) > 0).astype(np.int32)
+
+
+class InferenceGraph:
+    """uint8 images → PIP-Net outputs, built from a trained model's layers.
+
+    Args:
+        model: a built `pipnet_tf.model.PIPNet`.
+        image_size: the square input size S the model was trained at.
+        compact: drop prototypes whose weights are all zero from pooling and scoring.
+        patch_size: patch size of the image-space boxes (SPEC §4).
+    """
+
+    def __init__(self, model, image_size: int, compact: bool = False,
+                 patch_size: int = PATCH_SIZE):
+        if int(image_size) <= 0:
+            raise ValueError(f"`image_size` must be positive, received: {image_size}")
+        self.model = model
+        self.image_size = int(image_size)
+        self.compact = bool(compact)
+        self.patch_size = int(patch_size)
+        num_features = model.num_features
+        self.prototype_ids = (kept_prototypes(model) if compact
+                              else np.arange(num_features, dtype=np.int32))
+        if compact and self.prototype_ids.size == 0:
+            raise ValueError("--compact: every scoring-sheet weight is zero; nothing to keep.")
+        grid = model.backbone.compute_output_shape((None, self.image_size, self.image_size, 3))
+        self.grid = (int(grid[1]), int(grid[2]))
+        special = self.grid == (SPECIAL_GRID, SPECIAL_GRID)
+        self.row_bounds = cell_bounds(self.image_size, self.grid[0], self.patch_size, special)
+        self.col_bounds = cell_bounds(self.image_size, self.grid[1], self.patch_size, special)
+
+    @property
+    def num_prototypes(self) -> int:
+        """D', the number of prototype rows in the outputs."""
+        return int(self.prototype_ids.size)
+
+    def metadata(self) -> dict:
+        return {
+            "image_size": self.image_size,
+            "latent_grid": list(self.grid),
+            "patch_size": self.patch_size,
+            "skip": [patch_skip(self.image_size, g, self.patch_size) for g in self.grid],
+            "presence_threshold": float(self.model.inference_threshold),
+            "num_classes": int(self.model.num_classes),
+            "num_prototypes": self.num_prototypes,
+            "num_prototypes_model": int(self.model.num_features),
+            "compact": self.compact,
+            "box_format": "y_min, x_min, y_max, x_max in input-image pixels, max exclusive",
+        }
+
+    # === Graph pieces ===
+    def _prototype_maps(self, images):
+        # Signature functions do not check shapes at call time: fail clearly at the entry
+        # (rank, 3 channels) instead of deep inside the backbone.
+        images = tf.ensure_shape(images, (None, None, None, 3), name="check_images_shape")
+        x = tf.image.resize(tf.cast(images, tf.float32), (self.image_size, self.image_size),
+                            method="bilinear")
+        features = self.model.backbone(x, training=False)
+        if self.model.add_on is not None:
+            features = self.model.add_on(features)
+        maps = self.model.prototype_activation(tf.cast(features, tf.float32))
+        if self.compact:
+            maps = tf.gather(maps, self.prototype_ids, axis=-1)
+        return maps
+
+    def _weights(self):
+        weights = tf.nn.relu(tf.cast(self.model.classifier.kernel, tf.float32))
+        if self.compact:
+            weights = tf.gather(weights, self.prototype_ids, axis=0)
+        return weights
+
+    def _score(self, maps):
+        presence = tf.reduce_max(maps, axis=(1, 2))
+        threshold = tf.constant(self.model.inference_threshold, tf.float32)
+        presence = tf.where(presence < threshold, tf.zeros_like(presence), presence)
+        weights = self._weights()
+        scores = tf.matmul(presence, weights)
+        if self.model.classifier.bias is not None:
+            scores = scores + tf.cast(self.model.classifier.bias, tf.float32)
+        abstained = tf.reduce_max(scores, axis=-1) <= 0.0
+        predicted = tf.argmax(scores, axis=-1, output_type=tf.int32)
+        predicted = tf.where(abstained, tf.fill(tf.shape(predicted), -1), predicted)
+        return {"scores": scores, "predicted_class": predicted, "abstained": abstained,
+                "presence": presence}, weights
+
+    # === Endpoints ===
+    def predict(self, images):
+        """uint8 (batch, height, width, 3) → scores, predicted_class, abstained, presence."""
+        outputs, _ = self._score(self._prototype_maps(images))
+        return outputs
+
+    def explain(self, images):
+        """`predict` plus prototype_cell, prototype_box and contributions."""
+        maps = self._prototype_maps(images)
+        outputs, weights = self._score(maps)
+        grid_h, grid_w = self.grid
+        flat = tf.reshape(tf.transpose(maps, (0, 3, 1, 2)), (-1, self.num_prototypes,
+                                                               grid_h * grid_w))
+        index = tf.argmax(flat, axis=-1, output_type=tf.int32)  # (batch, D')
+        rows, cols = index // grid_w, index % grid_w
+        outputs["prototype_cell"] = tf.stack([rows, cols], axis=-1)
+        row_b = tf.gather(tf.constant(self.row_bounds, tf.float32), rows)  # (batch, D', 2)
+        col_b = tf.gather(tf.constant(self.col_bounds, tf.float32), cols)
+        shape = tf.cast(tf.shape(images), tf.float32)
+        scale_y = shape[1] / float(self.image_size)
+        scale_x = shape[2] / float(self.image_size)
+        outputs["prototype_box"] = tf.stack(
+            [row_b[..., 0] * scale_y, col_b[..., 0] * scale_x,
+             row_b[..., 1] * scale_y, col_b[..., 1] * scale_x], axis=-1)
+        outputs["contributions"] = outputs["presence"][:, :, None] * weights[None, :, :]
+        return outputs
