@@ -183,14 +183,12 @@ def main(argv):
     del argv
     from absl import flags, logging
 
-    from pipnet_tf.io import load_run
+    from pipnet_tf.io import load_run, run_image_size
 
     FLAGS = flags.FLAGS
     run_dir = pathlib.Path(FLAGS.model)
     model, config = load_run(run_dir)
-    if "image_size" not in config:
-        raise SystemExit(f"{run_dir / 'config.json'} has no image_size.")
-    image_size = int(config["image_size"])
+    image_size = run_image_size(config, run_dir)
     names_file = run_dir / "class_names.txt"
     class_names = names_file.read_text().splitlines() if names_file.is_file() else None
     try:

@@ -216,14 +216,12 @@ def main(argv):
     from absl import flags, logging
 
     from export import data
-    from pipnet_tf.io import load_run
+    from pipnet_tf.io import load_run, run_image_size
 
     FLAGS = flags.FLAGS
     run_dir = pathlib.Path(FLAGS.model)
     model, config = load_run(run_dir)
-    if "image_size" not in config:
-        raise SystemExit(f"export.tflite: {run_dir / 'config.json'} has no image_size.")
-    image_size = int(config["image_size"])
+    image_size = run_image_size(config, run_dir)
     suffix = "_compact" if FLAGS.compact else ""
     out = pathlib.Path(FLAGS.out or run_dir / "tflite" / f"pipnet_{FLAGS.quantize}{suffix}.tflite")
     heldout = data.heldout_images(config, FLAGS.num_parity_images)

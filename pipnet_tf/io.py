@@ -28,6 +28,13 @@ def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     return keras.saving.load_model(str(model_path)), config
 
 
+def run_image_size(config: dict, run_dir: str | os.PathLike) -> int:
+    """The model input size recorded in a run's config.json (SystemExit when missing)."""
+    if "image_size" not in config:
+        raise SystemExit(f"{pathlib.Path(run_dir) / CONFIG_FILE} has no image_size.")
+    return int(config["image_size"])
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes `text` to `path` through a temporary file and an atomic rename."""
     path = pathlib.Path(path)
