@@ -95,3 +95,5 @@ def backbone_groups(name: str, model: keras.Model) -> dict[str, list[keras.layer
 
 # Registration side effects.
 from pipnet_tf.backbones import tiny_cnn  # noqa: E402,F401
+from pipnet_tf.backbones import convnext  # noqa: E402,F401
+from pipnet_tf.backbones import resnet  # noqa: E402,F401

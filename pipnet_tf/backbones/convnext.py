@@ -1,0 +1,229 @@
+"""ConvNeXt-Tiny backbones with a 26x26 or 13x13 latent grid at 224 px (SPEC §1).
+
+`keras.applications.ConvNeXtTiny` rebuilt layer by layer, with the same layer names (so
+its weights load by name, `weights.copy_weights_by_name`) and three changes:
+
+- the 2x2 downsamplers whose input has more than 100 (`convnext_tiny_26`) or 300
+  (`convnext_tiny_13`) channels get stride 1 (the reference's rule), so at 224 the
+  grid is 56 → 28 → 27 → 26 (resp. 56 → 28 → 14 → 13);
+- the 7x7 depthwise convs are `DepthwiseConv2D` instead of Keras's `Conv2D(groups=C)`,
+  which TensorFlow runs through a very slow grouped-conv path on CPU (same outputs);
+- there is no final LayerNorm, pooling or head: the output is the raw stage-4 residual
+  stream `(batch, H, W, 768)`, as torchvision's `features` in the reference.
+
+As in torchvision (and the reference), stochastic depth rises linearly from 0 to 0.1 over
+the 18 blocks (per-sample "row" mode, only with `training=True`), LayerNorm eps is 1e-6 and
+layer scale starts at 1e-6; random init is N(0, 0.02) for convs and dense layers.
+Inputs are 0..255 RGB; the ImageNet mean/std normalisation is the first layer.
+
+Layer groups (SPEC §3; torchvision names in brackets): "train" = the last block of stage 4
+[features.7.2]; "freeze" = the last downsampler and the rest of stage 4 [features.6–7];
+"backbone" = stem, stages 1–3 and the first two downsamplers.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipnet_tf.backbones import register_backbone
+from pipnet_tf.backbones.weights import (
+    ImagePreprocessing,
+    is_random_init,
+    load_into,
+    pretrained_source,
+)
+
+PREFIX = "convnext_tiny"  # keras.applications layer-name prefix
+DEPTHS = (3, 3, 9, 3)
+WIDTHS = (96, 192, 384, 768)
+DROP_PATH_RATE = 0.1
+LAYER_SCALE_INIT = 1e-6
+IMAGENET_MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
+IMAGENET_FILE = "convnext_tiny_notop.h5"  # keras.applications' include_top=False download
+
+
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class LayerScale(keras.layers.Layer):
+    """Per-channel learnable scale: `x * gamma`, gamma (C,) initialised to `init_value`.
+
+    Input shape: `(batch, ..., C)`. Output shape: the same.
+    """
+
+    def __init__(self, init_value: float, projection_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = float(init_value)
+        self.projection_dim = int(projection_dim)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            shape=(self.projection_dim,),
+            initializer=keras.initializers.Constant(self.init_value),
+            name="gamma",
+        )
+
+    def call(self, x):
+        return x * keras.ops.cast(self.gamma, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(init_value=self.init_value, projection_dim=self.projection_dim)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class StochasticDepth(keras.layers.Layer):
+    """Drops the whole residual branch of a sample with probability `rate` ("row" mode)
+    and scales kept ones by 1/(1 − rate); the identity unless `training`.
+
+    Input shape: `(batch, H, W, C)`. Output shape: the same.
+    """
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1), received: {rate}")
+        self.rate = float(rate)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
+        mask = tf.floor(keep + tf.random.uniform(shape, dtype="float32"))
+        return x * tf.cast(mask / keep, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(rate=self.rate)
+        return config
+
+
+class _Seeds:
+    """Distinct per-layer initializer seeds derived from one seed (None: unseeded)."""
+
+    def __init__(self, seed: int | None):
+        self.seed, self.count = seed, 0
+
+    def normal(self, stddev: float = 0.02):
+        self.count += 1
+        seed = None if self.seed is None else int(self.seed) * 1000 + self.count
+        return keras.initializers.RandomNormal(stddev=stddev, seed=seed)
+
+
+def _block(x, width: int, drop_rate: float, name: str, seeds: _Seeds, depthwise: bool):
+    shortcut = x
+    if depthwise:
+        x = keras.layers.DepthwiseConv2D(
+            7, padding="same", depthwise_initializer=seeds.normal(), name=f"{name}_depthwise_conv"
+        )(x)
+    else:  # keras.applications' original (slow on CPU); kept for equivalence tests
+        x = keras.layers.Conv2D(
+            width, 7, padding="same", groups=width, kernel_initializer=seeds.normal(),
+            name=f"{name}_depthwise_conv",
+        )(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_layernorm")(x)
+    x = keras.layers.Dense(4 * width, kernel_initializer=seeds.normal(),
+                           name=f"{name}_pointwise_conv_1")(x)
+    x = keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
+    x = keras.layers.Dense(width, kernel_initializer=seeds.normal(),
+                           name=f"{name}_pointwise_conv_2")(x)
+    x = LayerScale(LAYER_SCALE_INIT, width, name=f"{name}_layer_scale")(x)
+    if drop_rate:
+        x = StochasticDepth(drop_rate, name=f"{name}_stochastic_depth")(x)
+    return keras.layers.Add(name=f"{name}_add")([shortcut, x])
+
+
+def build_convnext_tiny(
+    image_size: int | None,
+    stride_one_above: int | None,
+    name: str,
+    seed: int | None = None,
+    depthwise: bool = True,
+    drop_path_rate: float = DROP_PATH_RATE,
+) -> keras.Model:
+    """The randomly initialised ConvNeXt-Tiny feature extractor.
+
+    Args:
+        image_size: S for (batch, S, S, 3) inputs (None: any size).
+        stride_one_above: downsamplers with more input channels than this get stride 1
+            (None: keras.applications' strides, for tests).
+        depthwise: `DepthwiseConv2D` (True) or keras.applications' `Conv2D(groups=C)`.
+
+    Returns:
+        A functional model (batch, S, S, 3) 0..255 RGB → (batch, H, W, 768).
+    """
+    seeds = _Seeds(seed)
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = ImagePreprocessing(IMAGENET_MEAN, IMAGENET_STD, name=f"{PREFIX}_prestem_normalization")(
+        inputs)
+    x = keras.layers.Conv2D(WIDTHS[0], 4, strides=4, kernel_initializer=seeds.normal(),
+                            name=f"{PREFIX}_stem_conv")(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{PREFIX}_stem_layernorm")(x)
+    drop_rates = np.linspace(0.0, drop_path_rate, sum(DEPTHS))
+    block_index = 0
+    for stage, (depth, width) in enumerate(zip(DEPTHS, WIDTHS)):
+        if stage:
+            i = stage - 1
+            in_channels = WIDTHS[stage - 1]
+            stride = 1 if stride_one_above is not None and in_channels > stride_one_above else 2
+            x = keras.layers.LayerNormalization(
+                epsilon=1e-6, name=f"{PREFIX}_downsampling_layernorm_{i}")(x)
+            x = keras.layers.Conv2D(width, 2, strides=stride, kernel_initializer=seeds.normal(),
+                                    name=f"{PREFIX}_downsampling_conv_{i}")(x)
+        for j in range(depth):
+            x = _block(x, width, float(drop_rates[block_index]),
+                       f"{PREFIX}_stage_{stage}_block_{j}", seeds, depthwise)
+            block_index += 1
+    return keras.Model(inputs, x, name=name)
+
+
+def _reference(weights=None, include_top=False):
+    return keras.applications.ConvNeXtTiny(
+        include_top=include_top, weights=weights,
+        input_shape=None if include_top else (None, None, 3),
+    )
+
+
+def _groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
+    train, freeze, backbone = [], [], []
+    last_stage = f"{PREFIX}_stage_3_"
+    last_downsampler = (f"{PREFIX}_downsampling_layernorm_2", f"{PREFIX}_downsampling_conv_2")
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name.startswith(f"{last_stage}block_2_"):
+            train.append(layer)
+        elif layer.name.startswith(last_stage) or layer.name in last_downsampler:
+            freeze.append(layer)
+        else:
+            backbone.append(layer)
+    return {"backbone": backbone, "freeze": freeze, "train": train}
+
+
+def _builder(name: str, stride_one_above: int):
+    def build(image_size: int, weights: str | None = "imagenet", seed: int | None = None):
+        source = None
+        if not is_random_init(weights):  # resolved first: fails fast, before building
+            source = pretrained_source(weights, _reference, net=name, app_name="ConvNeXtTiny",
+                                       imagenet_file=IMAGENET_FILE)
+        model = build_convnext_tiny(image_size, stride_one_above, name=name, seed=seed)
+        if source is not None:
+            load_into(model, source, name)
+        return model
+
+    build.__name__ = name
+    build.__doc__ = (f"`{name}`: ConvNeXt-Tiny, downsamplers with > {stride_one_above} input "
+                     "channels at stride 1. weights: 'imagenet', a file path or None/'none'.")
+    return register_backbone(name, grouper=_groups)(build)
+
+
+convnext_tiny_26 = _builder("convnext_tiny_26", 100)
+convnext_tiny_13 = _builder("convnext_tiny_13", 300)

@@ -1,0 +1,159 @@
+"""ResNet-50/101/152 backbones with a 28x28x2048 latent grid at 224 px (SPEC §1).
+
+`keras.applications.ResNet50/101/152` (ResNet v1, bias in every conv, BN eps 1.001e-5)
+rebuilt layer by layer with the same layer names, so their weights load by name
+(`weights.copy_weights_by_name`), and with the first blocks of conv4 and conv5
+(torchvision `layer3`, `layer4`) at stride 1, so the output is conv5's last block,
+`(batch, S/8, S/8, 2048)`. Inputs are 0..255 RGB; the caffe-style preprocessing of the
+keras.applications weights (RGB → BGR, minus the ImageNet BGR mean) is the first layer.
+
+Differences from the reference's torchvision-style `ResNet_features` (documented in
+BUILD_NOTES.md): keras.applications' ResNet v1 puts conv3's stride on the first 1x1 conv
+(torchvision: on the 3x3 conv) and has conv biases; these go with its weights.
+BatchNorm momentum is 0.9 (= PyTorch's 0.1); random init is He-normal (fan_out), as the
+reference.
+
+Layer groups (SPEC §3; torchvision names in brackets): "train" = conv5_block3 [layer4.2];
+"freeze" = conv4 and the rest of conv5 [layer3–4]; "backbone" = conv3 [layer2];
+"never" = conv1 and conv2 [conv1, bn1, layer1], never trained.
+`resnet50_inat` is ResNet-50 whose weights must come from a file.
+"""
+from __future__ import annotations
+
+import keras
+
+from pipnet_tf.backbones import register_backbone
+from pipnet_tf.backbones.weights import (
+    ImagePreprocessing,
+    is_random_init,
+    load_into,
+    pretrained_source,
+)
+
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+BN_EPSILON = 1.001e-5
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+# name → (blocks per stage conv2..conv5, keras.applications constructor, ImageNet file)
+VARIANTS = {
+    "resnet50": ((3, 4, 6, 3), "ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet101": ((3, 4, 23, 3), "ResNet101",
+                  "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet152": ((3, 8, 36, 3), "ResNet152",
+                  "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+}
+
+
+class _Init:
+    """Kaiming-normal (fan_out, relu) conv initialisers with distinct derived seeds."""
+
+    def __init__(self, seed: int | None):
+        self.seed, self.count = seed, 0
+
+    def __call__(self):
+        self.count += 1
+        seed = None if self.seed is None else int(self.seed) * 1000 + self.count
+        return keras.initializers.VarianceScaling(
+            2.0, mode="fan_out", distribution="untruncated_normal", seed=seed)
+
+
+def _conv_bn(x, filters, kernel, stride, name, init, padding="valid"):
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding,
+                            kernel_initializer=init(), name=f"{name}_conv")(x)
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+                                           name=f"{name}_bn")(x)
+
+
+def _bottleneck(x, filters: int, stride: int, shortcut_conv: bool, name: str, init):
+    shortcut = _conv_bn(x, 4 * filters, 1, stride, f"{name}_0", init) if shortcut_conv else x
+    x = _conv_bn(x, filters, 1, stride, f"{name}_1", init)
+    x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = _conv_bn(x, filters, 3, 1, f"{name}_2", init, padding="same")
+    x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = _conv_bn(x, 4 * filters, 1, 1, f"{name}_3", init)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def build_resnet(
+    image_size: int | None,
+    blocks: tuple[int, int, int, int],
+    name: str,
+    seed: int | None = None,
+    strides: tuple[int, int, int, int] = (1, 2, 1, 1),
+) -> keras.Model:
+    """The randomly initialised ResNet feature extractor.
+
+    Args:
+        blocks: bottleneck blocks in conv2..conv5.
+        strides: strides of the first blocks of conv2..conv5; (1, 2, 2, 2) is
+            keras.applications' original layout (for tests).
+
+    Returns:
+        A functional model (batch, S, S, 3) 0..255 RGB → (batch, H, W, 2048).
+    """
+    init = _Init(seed)
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = ImagePreprocessing(CAFFE_BGR_MEAN, bgr=True, name="caffe_preprocessing")(inputs)
+    x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
+    x = _conv_bn(x, 64, 7, 2, "conv1", init)
+    x = keras.layers.Activation("relu", name="conv1_relu")(x)
+    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    for stage, (count, filters, stride) in enumerate(zip(blocks, (64, 128, 256, 512), strides)):
+        for b in range(count):
+            x = _bottleneck(x, filters, stride if b == 0 else 1, b == 0,
+                            f"conv{stage + 2}_block{b + 1}", init)
+    return keras.Model(inputs, x, name=name)
+
+
+def _groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
+    groups = {"backbone": [], "freeze": [], "train": [], "never": []}
+    last_block = "conv5_block3_"  # every variant has 3 blocks in conv5
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name.startswith(last_block):
+            groups["train"].append(layer)
+        elif layer.name.startswith(("conv4_", "conv5_")):
+            groups["freeze"].append(layer)
+        elif layer.name.startswith("conv3_"):
+            groups["backbone"].append(layer)
+        elif layer.name.startswith(("conv1_", "conv2_")):
+            groups["never"].append(layer)
+        else:
+            raise ValueError(f"ResNet layer {layer.name!r} belongs to no group.")
+    return groups
+
+
+def _builder(name: str, variant: str, imagenet: bool):
+    blocks, app_name, imagenet_file = VARIANTS[variant]
+
+    def reference(weights=None, include_top=False):
+        return getattr(keras.applications, app_name)(include_top=include_top, weights=weights)
+
+    def build(image_size: int, weights: str | None = "imagenet", seed: int | None = None):
+        if not imagenet and str(weights).lower() == "imagenet":
+            raise ValueError(
+                f"Backbone {name!r} has no downloadable weights: pass weights=PATH "
+                f"(--weights=PATH, a file saved from keras.applications.{app_name}) "
+                f"or 'none'; received weights={weights!r}.")
+        source = None
+        if not is_random_init(weights):  # resolved first: fails fast, before building
+            source = pretrained_source(weights, reference, net=name, app_name=app_name,
+                                       imagenet_file=imagenet_file if imagenet else None)
+        model = build_resnet(image_size, blocks, name=name, seed=seed)
+        if source is not None:
+            load_into(model, source, name)
+        return model
+
+    build.__name__ = name
+    build.__doc__ = (f"`{name}`: keras.applications {app_name} with conv4/conv5 at stride 1. "
+                     "weights: " + ("'imagenet', " if imagenet else "") + "a file path or "
+                     "None/'none'.")
+    return register_backbone(name, grouper=_groups)(build)
+
+
+resnet50 = _builder("resnet50", "resnet50", imagenet=True)
+resnet50_inat = _builder("resnet50_inat", "resnet50", imagenet=False)
+resnet101 = _builder("resnet101", "resnet101", imagenet=True)
+resnet152 = _builder("resnet152", "resnet152", imagenet=True)
