@@ -115,3 +115,33 @@ def test_strategy_choice():
     assert make_strategy("mirrored").num_replicas_in_sync >= 1
     with pytest.raises(ValueError, match="--strategy='bogus'"):
         make_strategy("bogus")
+
+
+def test_mixed_bfloat16_run_exports_a_float32_graph(tiny_config, tmp_path):
+    import tensorflow as tf
+
+    config = tiny_config.replace(precision="mixed_bfloat16", epochs_pretrain=0, epochs=1,
+                                 freeze_epochs=1, log_dir=str(tmp_path / "bf16"))
+    results = run_training(config)
+    assert results["precision"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    model = keras.saving.load_model(os.path.join(config.log_dir, "model.keras"))
+    assert model.backbone.get_layer("stem_conv").compute_dtype == "bfloat16"
+    served = tf.saved_model.load(os.path.join(config.log_dir, "saved_model"))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    out = served.signatures["serving_default"](images=tf.constant(images))
+    assert out["scores"].dtype == tf.float32 and out["scores"].shape == (3, 6)
+    bf16 = [t for op in served.signatures["serving_default"].graph.get_operations()
+            for t in op.outputs if t.dtype == tf.bfloat16]
+    assert bf16 == []
+    expected = model(images.astype("float32"), training=False)["scores"].numpy()
+    np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=0.05, atol=0.05)
+
+
+def test_precision_resolution():
+    from trainers.experiment import resolve_precision
+
+    assert resolve_precision("float32") == "float32"
+    assert resolve_precision("auto") in ("float32", "mixed_bfloat16")
+    with pytest.raises(ValueError, match="--precision='fp8'"):
+        resolve_precision("fp8")

@@ -29,6 +29,10 @@ class TrainConfig:
     seed: int = 1
     log_dir: str = "runs/pipnet"
     strategy: str = "auto"
+    # "auto": mixed_bfloat16 where it is fast (a GPU, or a CPU with AVX512_BF16/AMX),
+    # float32 elsewhere; or "float32" / "mixed_bfloat16" explicitly (BUILD_NOTES: speed).
+    precision: str = "auto"
+    inter_op_threads: int = 0  # 0 = TensorFlow's default; 1 is faster on 2-core CPUs
     cache_dir: str = ".cache/pipnet_tf"
     checkpoints_to_keep: int = 2
     export: bool = True
@@ -59,6 +63,7 @@ PRESETS: dict[str, TrainConfig] = {
         dataset="synthetic",
         net="tiny_cnn",
         weights="none",
+        precision="float32",
         image_size=64,
         epochs=60,
         epochs_pretrain=10,

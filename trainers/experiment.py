@@ -32,6 +32,26 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"Unknown --strategy={name!r}; use auto, default, mirrored or one_device.")
 
 
+def resolve_precision(name: str) -> str:
+    """The Keras dtype policy for --precision (see TrainConfig.precision)."""
+    if name == "auto":
+        if tf.config.list_logical_devices("GPU") or _cpu_has_fast_bf16():
+            return "mixed_bfloat16"
+        return "float32"
+    if name not in ("float32", "mixed_bfloat16"):
+        raise ValueError(f"Unknown --precision={name!r}; use auto, float32 or mixed_bfloat16.")
+    return name
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
     backbone = build_backbone(config.net, config.image_size, weights=config.weights, seed=config.seed)
     model = PIPNet(
@@ -58,6 +78,17 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())
     keras.utils.set_random_seed(config.seed)
+    precision = resolve_precision(config.precision)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _run(config, run_dir, precision, started, extra_callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(config: TrainConfig, run_dir: pathlib.Path, precision: str, started: float,
+         extra_callbacks) -> dict:
     strategy = make_strategy(config.strategy)
     data = build_data(config)
     with strategy.scope():
@@ -83,6 +114,7 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
         "before_pruning": before,
         "num_classes": len(data.class_names),
         "num_prototypes": model.num_features,
+        "precision": precision,
         "epochs_run_in_last_call": epochs_run,
         "training_seconds": round(training_seconds, 1),
     }
@@ -94,7 +126,12 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     if config.export:
         from export.saved_model import export_saved_model
 
-        export_saved_model(model, run_dir / "saved_model", config.image_size,
+        served = model
+        if precision != "float32":  # serve in float32: portable, and TFLite has no bf16
+            keras.mixed_precision.set_global_policy("float32")
+            served = build_model(config.replace(weights="none"), len(data.class_names))
+            served.set_weights(model.get_weights())
+        export_saved_model(served, run_dir / "saved_model", config.image_size,
                            class_names=data.class_names)
     results["total_seconds"] = round(time.time() - started, 1)
     write_json(run_dir / "metrics.json", results)

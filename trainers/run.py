@@ -40,6 +40,8 @@ _FIELD_FLAGS = {
     "bias": (flags.DEFINE_bool, "Non-negative bias in the scoring sheet."),
     "shrink": (flags.DEFINE_float, "Per-step shrinkage of the scoring sheet."),
     "seed": (flags.DEFINE_integer, "Random seed."),
+    "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16."),
+    "inter_op_threads": (flags.DEFINE_integer, "TensorFlow inter-op threads; 0 = its default."),
     "cache_dir": (flags.DEFINE_string, "Where the built-in dataset is generated."),
     "export": (flags.DEFINE_bool, "Write the SavedModel at the end."),
     "validation_size": (flags.DEFINE_float, "Test fraction per class for a class-folder tree "
@@ -73,6 +75,10 @@ def main(argv):
     from trainers.experiment import run_training
 
     config = resolve_config()
+    if config.inter_op_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_threads)
     try:
         run_training(config)
     except (DatasetUnavailableError, ValueError, FileNotFoundError, FloatingPointError) as error:
