@@ -238,3 +238,30 @@ def test_cub_build_data_crops_phase_2_and_test_but_not_pretraining(tmp_path, mon
     assert view1.shape == (2, 16, 16, 3) and labels.shape == (2,)
     assert data.class_names == ["Bird_1", "Bird_2"] and data.test_part_locs.shape == (4, 1, 3)
     np.testing.assert_allclose(data.test_part_locs[0, 0], [35 * 16 / 60, 20 * 16 / 40, 1])
+
+
+def test_cars_devkit_real_mat_files(tmp_path):
+    """The devkit's MATLAB struct/cell arrays, written with scipy and read back."""
+    from scipy.io import savemat
+
+    for d in ("cars_train", "cars_test", "devkit"):
+        (tmp_path / d).mkdir()
+    names = np.empty((1, 2), object)
+    names[0, 0], names[0, 1] = "AM General Hummer SUV 2000", "Acura RL 2012"
+    savemat(tmp_path / "devkit" / "cars_meta.mat", {"class_names": names})
+    fields = [(k, object) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
+
+    def annos(rows):
+        table = np.empty((1, len(rows)), fields)
+        for i, row in enumerate(rows):
+            table[0, i] = tuple(np.array([[v]]) if not isinstance(v, str) else v for v in row)
+        return {"annotations": table}
+
+    savemat(tmp_path / "devkit" / "cars_train_annos.mat",
+            annos([(1, 2, 10, 20, 2, "00001.jpg"), (3, 3, 8, 9, 1, "00002.jpg")]))
+    savemat(tmp_path / "cars_test_annos_withlabels.mat", annos([(5, 5, 6, 6, 1, "00001.jpg")]))
+    source = load_source("cars", data_dir=str(tmp_path))
+    assert source.class_names == ["AM General Hummer SUV 2000", "Acura RL 2012"]
+    assert source.train.labels.tolist() == [1, 0] and source.test.labels.tolist() == [0]
+    np.testing.assert_array_equal(source.train.bboxes[0], [0, 1, 10, 19])
+    assert source.test.paths[0].endswith("cars_test/00001.jpg")
