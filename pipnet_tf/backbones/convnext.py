@@ -27,12 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipnet_tf.backbones import register_backbone
-from pipnet_tf.backbones.weights import (
-    ImagePreprocessing,
-    is_random_init,
-    load_into,
-    pretrained_source,
-)
+from pipnet_tf.backbones.weights import ImagePreprocessing, build_with_weights
 
 PREFIX = "convnext_tiny"  # keras.applications layer-name prefix
 DEPTHS = (3, 3, 9, 3)
@@ -210,14 +205,9 @@ def _groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
 
 def _builder(name: str, stride_one_above: int):
     def build(image_size: int, weights: str | None = "imagenet", seed: int | None = None):
-        source = None
-        if not is_random_init(weights):  # resolved first: fails fast, before building
-            source = pretrained_source(weights, _reference, net=name, app_name="ConvNeXtTiny",
-                                       imagenet_file=IMAGENET_FILE)
-        model = build_convnext_tiny(image_size, stride_one_above, name=name, seed=seed)
-        if source is not None:
-            load_into(model, source, name)
-        return model
+        return build_with_weights(
+            lambda: build_convnext_tiny(image_size, stride_one_above, name=name, seed=seed),
+            weights, _reference, net=name, app_name="ConvNeXtTiny", imagenet_file=IMAGENET_FILE)
 
     build.__name__ = name
     build.__doc__ = (f"`{name}`: ConvNeXt-Tiny, downsamplers with > {stride_one_above} input "

@@ -23,12 +23,7 @@ from __future__ import annotations
 import keras
 
 from pipnet_tf.backbones import register_backbone
-from pipnet_tf.backbones.weights import (
-    ImagePreprocessing,
-    is_random_init,
-    load_into,
-    pretrained_source,
-)
+from pipnet_tf.backbones.weights import ImagePreprocessing, build_with_weights
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 BN_EPSILON = 1.001e-5
@@ -137,14 +132,10 @@ def _builder(name: str, variant: str, imagenet: bool):
                 f"Backbone {name!r} has no downloadable weights: pass weights=PATH "
                 f"(--weights=PATH, a file saved from keras.applications.{app_name}) "
                 f"or 'none'; received weights={weights!r}.")
-        source = None
-        if not is_random_init(weights):  # resolved first: fails fast, before building
-            source = pretrained_source(weights, reference, net=name, app_name=app_name,
-                                       imagenet_file=imagenet_file if imagenet else None)
-        model = build_resnet(image_size, blocks, name=name, seed=seed)
-        if source is not None:
-            load_into(model, source, name)
-        return model
+        return build_with_weights(
+            lambda: build_resnet(image_size, blocks, name=name, seed=seed),
+            weights, reference, net=name, app_name=app_name,
+            imagenet_file=imagenet_file if imagenet else None)
 
     build.__name__ = name
     build.__doc__ = (f"`{name}`: keras.applications {app_name} with conv4/conv5 at stride 1. "

@@ -188,6 +188,27 @@ def load_into(target: keras.Model, source: keras.Model | str, net: str) -> None:
                          "tried " + "; ".join(tried)) from error
 
 
+def build_with_weights(
+    make_model: Callable[[], keras.Model],
+    weights: str | None,
+    reference: Callable[..., keras.Model],
+    *,
+    net: str,
+    app_name: str,
+    imagenet_file: str | None,
+) -> keras.Model:
+    """`make_model()` with `weights` loaded: resolves them first (fails fast, before the
+    model is built), then copies them in; random init for None/"none"."""
+    source = None
+    if not is_random_init(weights):
+        source = pretrained_source(weights, reference, net=net, app_name=app_name,
+                                   imagenet_file=imagenet_file)
+    model = make_model()
+    if source is not None:
+        load_into(model, source, net)
+    return model
+
+
 def _imagenet_reference(reference, net: str, app_name: str, file_name: str) -> keras.Model:
     cached = os.path.join(keras_cache_dir(), file_name)
     previous_timeout = socket.getdefaulttimeout()
