@@ -100,6 +100,15 @@ _PETS_HELP = ("Extract images.tar.gz and annotations.tar.gz of Oxford-IIIT Pet i
               "folders DIR/train/<class>/ and DIR/test/<class>/, and pass --data_dir=DIR.")
 
 
+# dataset → (title, is its original layout?, reader, tfds builder, what to place where).
+_RAW_LAYOUTS = {
+    "cars": ("Stanford Cars", cars_lib.is_cars_devkit, cars_lib.load_cars_devkit, "cars196",
+             _CARS_HELP),
+    "pets": ("Oxford-IIIT Pet", pets_lib.is_pets_layout, pets_lib.load_pets_layout,
+             "oxford_iiit_pet", _PETS_HELP),
+}
+
+
 def _folder(key: str, root: pathlib.Path, validation_size: float, seed: int,
             augment: str) -> DatasetSource:
     data = load_image_folder(root, validation_size, seed)
@@ -140,24 +149,15 @@ def load_source(dataset: str, data_dir: str = "", cache_dir: str | os.PathLike =
         layout = _tfds("cub", data_dir, cache_dir, download, _CUB_HELP)
         return from_cub_layout(layout, "cub", "tfds caltech_birds2011", True, "cub",
                                "cub_pretrain")
-    if key == "cars":
-        if root is not None and cars_lib.is_cars_devkit(root):
-            data = cars_lib.load_cars_devkit(root)
-            return DatasetSource("cars", f"Stanford Cars at {data.root}", data.class_names,
-                                 data.train, data.test, augment="cars",
-                                 pretrain_augment="cars", root=data.root)
+    if key in _RAW_LAYOUTS:
+        # The dataset's original release, then class folders, then its tfds builder.
+        title, is_layout, load_layout, builder, help_text = _RAW_LAYOUTS[key]
+        if root is not None and is_layout(root):
+            data = load_layout(root)
+            return DatasetSource(key, f"{title} at {data.root}", data.class_names, data.train,
+                                 data.test, augment=key, pretrain_augment=key, root=data.root)
         if root is not None and _has_class_folders(root):
-            return _folder("cars", root, validation_size, seed, "cars")
-        layout = _tfds("cars", data_dir, cache_dir, download, _CARS_HELP)
-        return from_cub_layout(layout, "cars", "tfds cars196", False, "cars", "cars")
-    if key == "pets":
-        if root is not None and pets_lib.is_pets_layout(root):
-            data = pets_lib.load_pets_layout(root)
-            return DatasetSource("pets", f"Oxford-IIIT Pet at {data.root}", data.class_names,
-                                 data.train, data.test, augment="pets",
-                                 pretrain_augment="pets", root=data.root)
-        if root is not None and _has_class_folders(root):
-            return _folder("pets", root, validation_size, seed, "pets")
-        layout = _tfds("pets", data_dir, cache_dir, download, _PETS_HELP)
-        return from_cub_layout(layout, "pets", "tfds oxford_iiit_pet", False, "pets", "pets")
+            return _folder(key, root, validation_size, seed, key)
+        layout = _tfds(key, data_dir, cache_dir, download, help_text)
+        return from_cub_layout(layout, key, f"tfds {builder}", False, key, key)
     raise ValueError(f"Unknown --dataset={dataset!r}; choose one of {DATASETS} or folder:PATH")
