@@ -130,3 +130,19 @@ def test_evaluate_extra_ood_folder_only(run_dir, tmp_path):
     result = evaluate_run(run_dir, [f"noise=folder:{folder}"], default_ood=False, verbose=0)
     assert list(result["ood"]["sources"]) == ["noise"]
     assert result["ood"]["sources"]["noise"]["num_images"] == 3
+
+
+def test_evaluate_ood_from_another_dataset_test_split(run_dir, tmp_path):
+    from trainers.evaluate import evaluate_run
+
+    for split, count in (("train", 2), ("test", 3)):
+        for cls in ("cats", "dogs"):
+            folder = tmp_path / "other" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.random.default_rng(i).integers(0, 255, (24, 24, 3), np.uint8)
+                                ).save(folder / f"{i}.png")
+    result = evaluate_run(run_dir, [f"dataset:folder:{tmp_path / 'other'}"], default_ood=False,
+                          verbose=0)
+    assert list(result["ood"]["sources"]) == ["folder"]
+    assert result["ood"]["sources"]["folder"]["num_images"] == 6  # the test split only

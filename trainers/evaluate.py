@@ -1,6 +1,6 @@
 """Evaluate a finished run: accuracy and sizes, pruning, OoD (FPR95) and part purity.
 
-    python -m trainers.evaluate --model runs/demo [--ood folder:PATH ...] [--no_default_ood]
+    python -m trainers.evaluate --model runs/demo [--ood folder:PATH | dataset:cars:DIR ...] [--no_default_ood]
 
 Writes RUN_DIR/evaluation.json and RUN_DIR/evaluation.md. For the built-in dataset its
 `ood/*` folders are evaluated by default. The model is never modified.
@@ -97,6 +97,23 @@ def _pruning(model, kernel, train_out, test_out) -> dict:
     }
 
 
+def ood_images(spec: str, cache_dir: str) -> tuple[str, str, list[str]]:
+    """An OoD source → (name, where, image files).
+
+    `dataset:NAME[:DATA_DIR]` takes the test split of another dataset the project reads
+    (cub, cars, pets, folder; as the paper's Table 2); anything else is an image folder
+    (`folder:PATH`, `NAME=folder:PATH`).
+    """
+    if spec.startswith("dataset:"):
+        from pipnet_tf.data.sources import load_source
+
+        name, _, data_dir = spec.removeprefix("dataset:").partition(":")
+        source = load_source(name, data_dir=data_dir, cache_dir=cache_dir)
+        return source.name, source.origin, list(source.test.paths)
+    name, path = ood.parse_source(spec)
+    return name, path, ood.list_images(path)
+
+
 def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_ood: bool = True,
                  batch_size: int = 64, verbose: int = 1, purity_k: int = purity.TOP_K) -> dict:
     """Evaluates RUN_DIR and writes evaluation.json + evaluation.md; returns the dict."""
@@ -122,20 +139,20 @@ def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_
                                               test_out["labels"], kernel, multiplier),
         **_pruning(model, kernel, train_out, test_out),
     }
-    sources = dict(data.default_ood) if default_ood else {}
+    sources = ({name: (path, ood.list_images(path)) for name, path in data.default_ood.items()}
+               if default_ood else {})
     for spec in ood_specs:
-        name, path = ood.parse_source(spec)
-        sources[name] = path
+        name, where, files = ood_images(spec, config.get("cache_dir", ".cache/pipnet_tf"))
+        sources[name] = (where, files)
     if sources:
         ood_scores = {}
-        for name, folder in sources.items():
-            files = ood.list_images(folder)
+        for name, (_, files) in sources.items():
             out = _outputs(model, files, np.zeros(len(files)), data.image_size, batch_size,
                            verbose, f"OoD '{name}'")
             ood_scores[name] = out["scores_raw"]
         result["ood"] = ood.ood_report(test_out["scores_raw"], ood_scores, id_name=str(config.get("dataset")))
-        for name, folder in sources.items():
-            result["ood"]["sources"][name]["path"] = str(folder)
+        for name, (where, _) in sources.items():
+            result["ood"]["sources"][name]["path"] = str(where)
     if data.part_names:
         result["purity"] = {}
         for split, out, paths, locs in (("train", train_out, data.train_paths, data.train_part_locs),
@@ -191,7 +208,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="run directory (holds model.keras)")
     parser.add_argument("--ood", action="append", default=[],
-                        help="OoD image folder: folder:PATH or NAME=folder:PATH (repeatable)")
+                        help="OoD source (repeatable): an image folder, folder:PATH or "
+                        "NAME=folder:PATH, or another dataset's test split, "
+                        "dataset:NAME[:DATA_DIR] (cub, cars, pets, folder)")
     parser.add_argument("--no_default_ood", action="store_true",
                         help="skip the built-in dataset's ood/* folders")
     parser.add_argument("--batch_size", type=int, default=64)
