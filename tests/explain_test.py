@@ -146,3 +146,25 @@ def test_evaluate_ood_from_another_dataset_test_split(run_dir, tmp_path):
                           verbose=0)
     assert list(result["ood"]["sources"]) == ["folder"]
     assert result["ood"]["sources"]["folder"]["num_images"] == 6  # the test split only
+
+
+def test_evaluate_a_run_trained_on_an_image_folder(tmp_path):
+    from trainers.evaluate import evaluate_run
+
+    data = tmp_path / "data"
+    for split, count in (("train", 3), ("test", 2)):
+        for cls in ("a", "b"):
+            folder = data / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 36, 3), np.uint8)
+                                ).save(folder / f"{i}.png")
+    (data / "test" / "a" / "broken.jpg").write_bytes(b"not an image")
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_model(num_classes=2).save(str(run / "model.keras"))
+    write_json(run / "config.json", {"dataset": f"folder:{data}", "image_size": SIZE,
+                                     "cache_dir": str(tmp_path / "cache")})
+    result = evaluate_run(run, default_ood=False, verbose=0)
+    assert result["test"]["num_images"] == 4  # the broken file skipped
+    assert "purity" not in result or not result["purity"]

@@ -77,7 +77,7 @@ def load_dataset_source(config: TrainConfig) -> DatasetSource:
     return source
 
 
-def _usable(records: ImageRecords, cache_dir: pathlib.Path, what: str
+def usable_records(records: ImageRecords, cache_dir: pathlib.Path, what: str
             ) -> tuple[ImageRecords, np.ndarray, list[str]]:
     """(usable records with decodable paths, their (w, h) sizes, original paths)."""
     prepared = prepare_images(records.paths, cache_dir, what=what)
@@ -109,8 +109,8 @@ def build_data(config: TrainConfig) -> TrainData:
     """Datasets for `config.dataset`; raises DatasetUnavailableError with what to do."""
     source = load_dataset_source(config)
     converted = pathlib.Path(config.cache_dir) / "converted"
-    train, train_sizes, _ = _usable(source.train, converted, f"{source.name} train images")
-    test, test_sizes, test_originals = _usable(source.test, converted,
+    train, train_sizes, _ = usable_records(source.train, converted, f"{source.name} train images")
+    test, test_sizes, test_originals = usable_records(source.test, converted,
                                                f"{source.name} test images")
     _check_classes(train, test, source)
     logging.info("%s (%s): %d train, %d test images, %d classes", source.name, source.origin,

@@ -45,7 +45,8 @@ class RunData:
 
 
 def run_data(config: dict) -> RunData:
-    """Re-opens the dataset a run was trained on (built-in dataset or a CUB layout)."""
+    """Re-opens the dataset a run was trained on: the built-in dataset and raw CUB layouts
+    with their part annotations (for purity), any other source without."""
     from pipnet_tf.data.cub import load_cub_layout
 
     name = str(config.get("dataset", "synthetic")).split(":", 1)[0]
@@ -59,13 +60,10 @@ def run_data(config: dict) -> RunData:
                              test_per_class=int(config.get("synthetic_test_per_class", 50)))
         root = write_synthetic_cub(config.get("cache_dir", ".cache/pipnet_tf"), spec)
         default_ood = {p.name: str(p) for p in sorted((root / "ood").iterdir()) if p.is_dir()}
-    elif name == "cub":
-        root = config.get("data_dir", "")
+    elif name == "cub" and config.get("data_dir"):
+        root = config["data_dir"]
     else:
-        raise ValueError(
-            f"trainers.evaluate reads the built-in dataset and CUB layouts; this run used "
-            f"--dataset={config.get('dataset')!r}. Evaluate its model with "
-            "pipnet_tf.explain.collect_prototype_outputs on your own tf.data pipeline.")
+        return _source_data(config, image_size)
     layout = load_cub_layout(root)
     train, test = layout.split("train"), layout.split("test")
     has_parts = bool(layout.part_names)
@@ -73,6 +71,24 @@ def run_data(config: dict) -> RunData:
                    test.labels, list(layout.part_names),
                    train.part_locs if has_parts else None, test.part_locs if has_parts else None,
                    default_ood)
+
+
+def _source_data(config: dict, image_size: int) -> RunData:
+    """Any other dataset the trainer reads (tfds, Cars, Pets, folders), through the same
+    source lookup and image validation as training; full test images, no part annotations."""
+    import dataclasses as dc
+
+    from trainers.configs import TrainConfig
+    from trainers.data import load_dataset_source, usable_records
+
+    known = {f.name for f in dc.fields(TrainConfig)}
+    train_config = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    source = load_dataset_source(train_config)
+    cache = pathlib.Path(train_config.cache_dir) / "converted"
+    train, _, _ = usable_records(source.train, cache, "training")
+    test, _, _ = usable_records(source.test, cache, "test")
+    return RunData(list(source.class_names), image_size, train.paths, train.labels, test.paths,
+                   test.labels, [], None, None, {})
 
 
 def _outputs(model, paths, labels, image_size, batch_size, verbose, what):
