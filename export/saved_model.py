@@ -34,6 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from export.graph import InferenceGraph
+from pipnet_tf.io import CLASS_NAMES_FILE as RUN_CLASS_NAMES_FILE
+from pipnet_tf.io import atomic_write_text
 
 IMAGES_SPEC = tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")
 CLASS_NAMES_FILE = "class_names.txt"
@@ -134,9 +136,7 @@ def write_models_config(export_base: str | os.PathLike, serving_root: str = "/mo
     path = export_base / MODELS_CONFIG
     text = (f"# Written by export.saved_model; EXPORT_BASE ({export_base.resolve()}) is "
             f"served at {serving_root}.\nmodel_config_list {{\n{entries}}}\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 
@@ -189,7 +189,7 @@ def main(argv):
     run_dir = pathlib.Path(FLAGS.model)
     model, config = load_run(run_dir)
     image_size = run_image_size(config, run_dir)
-    names_file = run_dir / "class_names.txt"
+    names_file = run_dir / RUN_CLASS_NAMES_FILE
     class_names = names_file.read_text().splitlines() if names_file.is_file() else None
     try:
         path = export_for_serving(model, FLAGS.out, image_size, class_names=class_names,

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from export.graph import InferenceGraph
 from export.saved_model import build_archive
+from pipnet_tf.io import atomic_write_bytes
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # Max |score difference| / max(1, max |Keras score|) allowed for the unquantised modes.
@@ -205,9 +206,7 @@ def export_tflite(model: keras.Model, out: str | os.PathLike, image_size: int,
         raise ParityError(f"{quantization} TFLite model failed the parity gate on "
                           f"{figures['num_images']} held-out images: " + "; ".join(problems)
                           + f". Not written; figures in {report}.")
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_bytes(content)
-    os.replace(tmp_out, out)
+    atomic_write_bytes(out, content)
     return figures
 
 

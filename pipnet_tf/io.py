@@ -12,6 +12,7 @@ import pipnet_tf.model  # noqa: F401  (registers the custom layers)
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
+CLASS_NAMES_FILE = "class_names.txt"
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
@@ -35,13 +36,13 @@ def run_image_size(config: dict, run_dir: str | os.PathLike) -> int:
     return int(config["image_size"])
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and an atomic rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file and an atomic rename."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +50,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes UTF-8 `text` to `path` through a temporary file and an atomic rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, payload) -> None:

@@ -10,7 +10,13 @@ from absl import logging
 
 from pipnet_tf import evaluation, metrics, phases
 from pipnet_tf.backbones import build_backbone
-from pipnet_tf.io import CONFIG_FILE, MODEL_FILE, write_json
+from pipnet_tf.io import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    MODEL_FILE,
+    atomic_write_text,
+    write_json,
+)
 from pipnet_tf.model import PIPNet
 from pipnet_tf.optimization import LearningRates
 from trainers.configs import TrainConfig
@@ -122,7 +128,7 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, precision: str, started: fl
     write_json(run_dir / "metrics.json", results)
     write_json(run_dir / "scoring_sheet.json",
                 metrics.scoring_sheet(model.classifier.kernel.numpy(), data.class_names))
-    (run_dir / "class_names.txt").write_text("\n".join(data.class_names) + "\n")
+    atomic_write_text(run_dir / CLASS_NAMES_FILE, "\n".join(data.class_names) + "\n")
     if config.export:
         from export.saved_model import export_saved_model
 
