@@ -12,24 +12,13 @@ def collect_outputs(model: keras.Model, dataset: tf.data.Dataset, verbose: int =
     """Inference-mode outputs over `dataset` of (images, labels) batches.
 
     Returns numpy arrays: scores (N, K), presence (N, D) (both with the 0.1 threshold),
-    labels (N,). Does not modify the model.
+    labels (N,). Does not modify the model. (`explain.patches.collect_prototype_outputs`
+    also returns the unthresholded outputs and where each prototype fired.)
     """
-    scores, presence, labels = [], [], []
-    progress = keras.utils.Progbar(None, verbose=verbose, unit_name="batch")
-    infer = tf.function(lambda x: model(x, training=False))
-    for step, (images, batch_labels) in enumerate(dataset):
-        out = infer(images)
-        scores.append(out["scores"].numpy())
-        presence.append(out["presence"].numpy())
-        labels.append(np.asarray(batch_labels))
-        progress.update(step + 1)
-    if not scores:
-        raise ValueError("The evaluation dataset is empty.")
-    return {
-        "scores": np.concatenate(scores),
-        "presence": np.concatenate(presence),
-        "labels": np.concatenate(labels),
-    }
+    from pipnet_tf.explain.patches import collect_prototype_outputs
+
+    out = collect_prototype_outputs(model, dataset, verbose)
+    return {key: out[key] for key in ("scores", "presence", "labels")}
 
 
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, verbose: int = 0) -> dict:
