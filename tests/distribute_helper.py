@@ -1,4 +1,4 @@
-"""Run as a script: trains one step and evaluates one global batch under the default
+"""Run as a script (`STAGE [BACKBONE]`): trains one step and evaluates one global batch under the default
 strategy and under MirroredStrategy over 2 logical CPUs; prints the results as JSON."""
 import json
 import os
@@ -24,10 +24,10 @@ X2 = (rng.random((8, 32, 32, 3)) * 255).astype("float32")
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
 
 
-def run(strategy, stage_name):
+def run(strategy, stage_name, backbone):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = PIPNet(build_backbone("tiny_cnn", 32, seed=0).model, 3, backbone_name="tiny_cnn", seed=0)
+        model = PIPNet(build_backbone(backbone, 32, seed=0).model, 3, backbone_name=backbone, seed=0)
         model.build((None, 32, 32, 3))
     plan = phases.make_plan(1, 6, 3)
     stage = next(s for s in plan if s.name == stage_name)
@@ -50,6 +50,7 @@ def run(strategy, stage_name):
 
 if __name__ == "__main__":
     stage = sys.argv[1]
-    out = [run(tf.distribute.get_strategy(), stage),
-           run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), stage)]
+    backbone = sys.argv[2] if len(sys.argv) > 2 else "tiny_cnn"
+    out = [run(tf.distribute.get_strategy(), stage, backbone),
+           run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), stage, backbone)]
     print("RESULT" + json.dumps(out))

@@ -7,7 +7,9 @@ its weights load by name, `weights.copy_weights_by_name`) and three changes:
   (`convnext_tiny_13`) channels get stride 1 (the reference's rule), so at 224 the
   grid is 56 → 28 → 27 → 26 (resp. 56 → 28 → 14 → 13);
 - the 7x7 depthwise convs are `DepthwiseConv2D` instead of Keras's `Conv2D(groups=C)`,
-  which TensorFlow runs through a very slow grouped-conv path on CPU (same outputs);
+  which TensorFlow runs through a very slow grouped-conv path on CPU (same outputs), and
+  the depthwise convs and pointwise MLPs use `cpu_fast_ops`' layers (same weights and
+  outputs, fused/faster kernels, GELU folded into the first pointwise layer);
 - there is no final LayerNorm, pooling or head: the output is the raw stage-4 residual
   stream `(batch, H, W, 768)`, as torchvision's `features` in the reference.
 
@@ -27,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipnet_tf.backbones import register_backbone
+from pipnet_tf.backbones.cpu_fast_ops import DepthwiseConv2DFast, PointwiseDense
 from pipnet_tf.backbones.weights import ImagePreprocessing, build_with_weights
 
 PREFIX = "convnext_tiny"  # keras.applications layer-name prefix
@@ -116,7 +119,7 @@ class _Seeds:
 def _block(x, width: int, drop_rate: float, name: str, seeds: _Seeds, depthwise: bool):
     shortcut = x
     if depthwise:
-        x = keras.layers.DepthwiseConv2D(
+        x = DepthwiseConv2DFast(
             7, padding="same", depthwise_initializer=seeds.normal(), name=f"{name}_depthwise_conv"
         )(x)
     else:  # keras.applications' original (slow on CPU); kept for equivalence tests
@@ -125,11 +128,11 @@ def _block(x, width: int, drop_rate: float, name: str, seeds: _Seeds, depthwise:
             name=f"{name}_depthwise_conv",
         )(x)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_layernorm")(x)
-    x = keras.layers.Dense(4 * width, kernel_initializer=seeds.normal(),
-                           name=f"{name}_pointwise_conv_1")(x)
-    x = keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
-    x = keras.layers.Dense(width, kernel_initializer=seeds.normal(),
-                           name=f"{name}_pointwise_conv_2")(x)
+    # keras.applications has Dense, Activation("gelu"), Dense: same weights and outputs.
+    x = PointwiseDense(4 * width, activation="gelu", kernel_initializer=seeds.normal(),
+                       name=f"{name}_pointwise_conv_1")(x)
+    x = PointwiseDense(width, kernel_initializer=seeds.normal(),
+                       name=f"{name}_pointwise_conv_2")(x)
     x = LayerScale(LAYER_SCALE_INIT, width, name=f"{name}_layer_scale")(x)
     if drop_rate:
         x = StochasticDepth(drop_rate, name=f"{name}_stochastic_depth")(x)

@@ -1,0 +1,132 @@
+"""Keras layers with the outputs of `Dense`/`DepthwiseConv2D`, written the way TensorFlow's
+CPU kernels run fast (BUILD_NOTES "Real backbones" has the measurements).
+
+- `PointwiseDense`: `Dense` over the last axis as one 2-D `MatMul` + `BiasAdd` (+ exact
+  GELU). In inference Grappler's oneDNN remapper fuses the three into one `_FusedMatMul`
+  (GELU as a float32 post-op); Keras's `Dense` on a 4-D input leaves a broadcasting
+  MatMul, an `AddV2` and an elementwise GELU, which Eigen runs slowly on bfloat16. In
+  training (where GELU's input must be kept for the gradient) the GELU and its gradient
+  are each one XLA-compiled float32 kernel instead of ~15 separate Eigen ops.
+- `DepthwiseConv2DFast`: the stride-1 "same" `DepthwiseConv2D` with a custom filter
+  gradient: oneDNN's depthwise backward-weights kernel for bfloat16 runs at ~5 GFLOP/s
+  here; the same sums computed as a forward depthwise conv (batch folded into channels,
+  output-gradient as the filter) run 3–4x faster.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+@tf.function(jit_compile=True)
+def _gelu_forward(z):
+    z32 = tf.cast(z, tf.float32)
+    return tf.cast(0.5 * z32 * (1.0 + tf.math.erf(z32 * _SQRT_HALF)), z.dtype)
+
+
+@tf.function(jit_compile=True)
+def _gelu_backward(z, upstream):
+    z32 = tf.cast(z, tf.float32)
+    slope = (0.5 * (1.0 + tf.math.erf(z32 * _SQRT_HALF))
+             + z32 * _INV_SQRT_2PI * tf.exp(-0.5 * z32 * z32))
+    return tf.cast(slope * tf.cast(upstream, tf.float32), z.dtype)
+
+
+@tf.custom_gradient
+def exact_gelu(z):
+    """Exact (erf) GELU, computed in float32 whatever the dtype of `z` (any shape)."""
+    return _gelu_forward(z), lambda upstream: _gelu_backward(z, upstream)
+
+
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class PointwiseDense(keras.layers.Dense):
+    """`Dense` over the last axis (same weights, same outputs), fast on CPU.
+
+    Input shape: `(batch, ..., C_in)`. Output shape: `(batch, ..., units)`.
+    """
+
+    def call(self, inputs, training=None):
+        channels = self.kernel.shape[0]
+        flat = tf.reshape(inputs, [-1, channels])
+        outputs = tf.matmul(flat, keras.ops.cast(self.kernel, flat.dtype))
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, flat.dtype))
+        if self.activation is not None and self._exact_gelu:
+            # Inference: tf.nn.gelu right after BiasAdd is the pattern the remapper fuses.
+            outputs = exact_gelu(outputs) if training else tf.nn.gelu(outputs, approximate=False)
+        elif self.activation is not None:
+            outputs = self.activation(outputs)
+        inner = inputs.shape[1:-1]
+        if all(d is not None for d in inner):  # a constant shape (one RESHAPE in TFLite)
+            return tf.reshape(outputs, [-1, *inner, self.units])
+        return tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0))
+
+    @property
+    def _exact_gelu(self) -> bool:
+        # keras.activations.gelu defaults to the exact (erf) form.
+        return getattr(self.activation, "__name__", "") == "gelu"
+
+
+def _depthwise_filter_gradient(x, upstream, kernel_size: int):
+    """d loss / d kernel of a stride-1 "same" depthwise conv.
+
+    grad[i, j, c] = sum_{b, h, w} x_pad[b, h + i, w + j, c] · upstream[b, h, w, c], computed
+    as one depthwise conv of x_pad (batch folded into channels: (1, H+k−1, W+k−1, B·C))
+    with `upstream` as its (H, W, B·C, 1) filter, summed over the batch in float32.
+
+    Args: x, upstream: (B, H, W, C). Returns: (k, k, C, 1) in x's dtype.
+    """
+    pad = (kernel_size - 1) // 2
+    padded = tf.pad(x, [[0, 0], [pad, kernel_size - 1 - pad], [pad, kernel_size - 1 - pad], [0, 0]])
+    shape = tf.shape(x)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    images = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]),
+                        [1, height + kernel_size - 1, width + kernel_size - 1, batch * channels])
+    filters = tf.reshape(tf.transpose(upstream, [1, 2, 0, 3]), [height, width, batch * channels, 1])
+    sums = tf.nn.depthwise_conv2d(images, filters, [1, 1, 1, 1], "VALID")  # (1, k, k, B·C)
+    sums = tf.reshape(sums, [kernel_size, kernel_size, batch, channels])
+    grad = tf.reduce_sum(tf.cast(sums, tf.float32), axis=2)
+    return tf.cast(grad[..., None], x.dtype)
+
+
+@tf.custom_gradient
+def depthwise_conv_same(x, kernel):
+    """Stride-1 "same" depthwise conv. x: (B, H, W, C), kernel: (k, k, C, 1) → (B, H, W, C)."""
+    outputs = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+
+    def grad(upstream):
+        grad_x = tf.nn.depthwise_conv2d_backprop_input(
+            tf.shape(x), kernel, upstream, [1, 1, 1, 1], "SAME")
+        return grad_x, _depthwise_filter_gradient(x, upstream, int(kernel.shape[0]))
+
+    return outputs, grad
+
+
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
+    """`DepthwiseConv2D` (same weights, same outputs) with a fast filter gradient.
+
+    Only odd square kernels, stride 1, "same" padding, multiplier 1, no dilation.
+    Input shape: `(batch, H, W, C)`. Output shape: the same.
+    """
+
+    def __init__(self, kernel_size, **kwargs):
+        super().__init__(kernel_size, **kwargs)
+        k = self.kernel_size
+        if (k[0] != k[1] or k[0] % 2 == 0 or tuple(self.strides) != (1, 1)
+                or self.padding != "same" or self.depth_multiplier != 1
+                or tuple(self.dilation_rate) != (1, 1) or self.data_format != "channels_last"):
+            raise ValueError(
+                "DepthwiseConv2DFast supports odd square kernels with stride 1, 'same' "
+                f"padding, depth_multiplier 1, no dilation, channels_last; got {self.get_config()}")
+
+    def call(self, inputs):
+        outputs = depthwise_conv_same(inputs, keras.ops.cast(self.kernel, inputs.dtype))
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, outputs.dtype))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs

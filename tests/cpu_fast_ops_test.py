@@ -1,0 +1,154 @@
+"""`cpu_fast_ops`: the fast layers compute what Keras's `Dense`/`Activation("gelu")` and
+`DepthwiseConv2D` compute, forward and backward, checked against Keras, tf's autodiff and
+a NumPy reimplementation of the depthwise filter gradient."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import erf
+
+from pipnet_tf.backbones.cpu_fast_ops import (
+    DepthwiseConv2DFast,
+    PointwiseDense,
+    depthwise_conv_same,
+    exact_gelu,
+)
+from tests.test_case import run_layer_test
+
+
+def _random(shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype("float32")
+
+
+def test_exact_gelu_and_gradient_match_numpy():
+    z = np.linspace(-6, 6, 97).astype("float32")
+    upstream = _random(z.shape, seed=1)
+    x = tf.constant(z)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = exact_gelu(x)
+    grad = tape.gradient(y, x, output_gradients=tf.constant(upstream))
+    phi = 0.5 * (1 + erf(z / np.sqrt(2)))
+    np.testing.assert_allclose(y, z * phi, atol=1e-6)
+    slope = phi + z * np.exp(-z**2 / 2) / np.sqrt(2 * np.pi)
+    np.testing.assert_allclose(grad, slope * upstream, atol=1e-5)
+
+
+def test_exact_gelu_bfloat16_within_one_rounding():
+    z = _random((64, 32), scale=3)
+    y = exact_gelu(tf.constant(z, tf.bfloat16))
+    assert y.dtype == tf.bfloat16
+    zb = tf.cast(tf.constant(z, tf.bfloat16), tf.float32).numpy().astype("float64")
+    expected = zb * 0.5 * (1 + erf(zb / np.sqrt(2)))
+    # Computed in float32 and rounded once to bfloat16 (8 significant bits).
+    np.testing.assert_allclose(tf.cast(y, tf.float32), expected, rtol=2**-8, atol=2e-6)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("training", [False, True])
+def test_pointwise_dense_equals_dense(activation, training):
+    x = _random((2, 5, 4, 6))
+    dense = keras.layers.Dense(8, activation=activation)
+    fast = PointwiseDense(8, activation=activation)
+    dense.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights([w + 0.1 * _random(w.shape, seed=2) for w in dense.get_weights()])
+    dense.set_weights(fast.get_weights())
+    inputs = tf.constant(x)
+    grads = []
+    for layer in (dense, fast):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = layer(inputs, training=training)
+            loss = tf.reduce_sum(y * _random(y.shape, seed=3))
+        grads.append(tape.gradient(loss, [inputs, *layer.trainable_weights]))
+        if layer is dense:
+            expected = y
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    assert y.shape == (2, 5, 4, 8)
+    for fast_grad, dense_grad in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(fast_grad, dense_grad, atol=1e-4)
+
+
+def test_pointwise_dense_dynamic_spatial_shape():
+    layer = PointwiseDense(3)
+    inputs = keras.Input((None, None, 5))
+    model = keras.Model(inputs, layer(inputs))
+    x = _random((2, 3, 7, 5))
+    expected = x @ layer.kernel.numpy() + layer.bias.numpy()
+    np.testing.assert_allclose(model(x), expected, atol=1e-5)
+
+
+def test_pointwise_dense_serialises(tmp_path):
+    run_layer_test(lambda: PointwiseDense(4, activation="gelu"), (2, 3, 3, 5), tmp_path,
+                   expected_output_shape=(2, 3, 3, 4))
+
+
+def _numpy_depthwise_filter_gradient(x, upstream, k):
+    pad = (k - 1) // 2
+    padded = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    _, height, width, _ = x.shape
+    grad = np.zeros((k, k, x.shape[-1], 1))
+    for i in range(k):
+        for j in range(k):
+            window = padded[:, i:i + height, j:j + width, :]
+            grad[i, j, :, 0] = (window * upstream).sum(axis=(0, 1, 2))
+    return grad
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7])
+def test_depthwise_gradients_match_numpy_and_autodiff(kernel_size):
+    x = _random((3, 9, 6, 4))
+    kernel = _random((kernel_size, kernel_size, 4, 1), seed=1, scale=0.2)
+    upstream = _random((3, 9, 6, 4), seed=2)
+    xs, ks = tf.constant(x), tf.constant(kernel)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([xs, ks])
+        fast = depthwise_conv_same(xs, ks)
+        reference = tf.nn.depthwise_conv2d(xs, ks, [1, 1, 1, 1], "SAME")
+    np.testing.assert_allclose(fast, reference, atol=1e-6)
+    fast_grads = tape.gradient(fast, [xs, ks], output_gradients=tf.constant(upstream))
+    reference_grads = tape.gradient(reference, [xs, ks], output_gradients=tf.constant(upstream))
+    np.testing.assert_allclose(fast_grads[0], reference_grads[0], atol=1e-5)
+    np.testing.assert_allclose(fast_grads[1], reference_grads[1], atol=1e-4)
+    np.testing.assert_allclose(
+        fast_grads[1], _numpy_depthwise_filter_gradient(x, upstream, kernel_size), atol=1e-4)
+
+
+def test_depthwise_filter_gradient_bfloat16_close_to_float32():
+    x, upstream = _random((4, 14, 14, 8)), _random((4, 14, 14, 8), seed=1)
+    kernel = _random((7, 7, 8, 1), seed=2, scale=0.1)
+    grads = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        xs, ks = tf.constant(x, dtype), tf.constant(kernel, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(ks)
+            y = depthwise_conv_same(xs, ks)
+        grads[dtype] = tf.cast(tape.gradient(y, ks, output_gradients=tf.constant(upstream, dtype)),
+                               tf.float32).numpy()
+    scale = np.abs(grads[tf.float32]).max()
+    assert np.abs(grads[tf.bfloat16] - grads[tf.float32]).max() < 2e-2 * scale
+
+
+def test_depthwise_layer_equals_keras_and_serialises(tmp_path):
+    x = _random((2, 8, 8, 3))
+    keras_layer = keras.layers.DepthwiseConv2D(7, padding="same")
+    fast = DepthwiseConv2DFast(7, padding="same")
+    keras_layer.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights([w + 0.1 for w in keras_layer.get_weights()])
+    keras_layer.set_weights(fast.get_weights())
+    np.testing.assert_allclose(fast(x), keras_layer(x), atol=1e-5)
+    run_layer_test(lambda: DepthwiseConv2DFast(3, padding="same"), (2, 5, 5, 3), tmp_path,
+                   expected_output_shape=(2, 5, 5, 3))
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=2, padding="same"),
+                                    dict(kernel_size=3, padding="valid"),
+                                    dict(kernel_size=3, padding="same", strides=2),
+                                    dict(kernel_size=3, padding="same", depth_multiplier=2)])
+def test_depthwise_layer_rejects_unsupported_configs(kwargs):
+    with pytest.raises(ValueError, match="DepthwiseConv2DFast supports"):
+        DepthwiseConv2DFast(**kwargs)
