@@ -141,8 +141,9 @@ def benchmark(name: str, model, image_size: int, out_dir: pathlib.Path,
 
     reference = tfl.keras_outputs(model, heldout, batch_size=8)
     with tempfile.TemporaryDirectory() as tmp:
-        source = tfl.write_tflite_saved_model(model, pathlib.Path(tmp) / "sm", image_size)
         for quantization in FLAGS.quantize:
+            source = tfl.write_tflite_saved_model(model, pathlib.Path(tmp) / quantization,
+                                                  image_size, quantization=quantization)
             start = time.perf_counter()
             content = tfl.convert(source, quantization, calibration)
             convert_s = time.perf_counter() - start

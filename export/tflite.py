@@ -12,7 +12,10 @@ output, which converts to silently broken models, PLATFORM_NOTES): a fresh one, 
 
 Quantization: `none` (float32), `float16` (weights), `dynamic` (int8 weights, float
 activations), `int8` (int8 weights and activations, calibrated on training images; uint8
-input, float outputs, float fallback where an op has no int8 kernel).
+input, float outputs, float fallback where an op has no int8 kernel). For int8 the 7x7
+depthwise convs of ConvNeXt are traced as sums of ≤ 25-tap bands, the largest int8
+depthwise conv XNNPACK runs (a 7x7 one falls back to a ~20x slower kernel); converting
+`--saved_model` keeps that SavedModel's graph as it is.
 
 Parity gate: before writing, the converted model runs on held-out (test split) images
 next to the Keras model. It refuses to write (exit status 1) when, for none/float16,
@@ -23,6 +26,7 @@ suffix `.json` in every case.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,6 +40,7 @@ import tensorflow as tf
 
 from export.graph import InferenceGraph
 from export.saved_model import build_archive
+from pipnet_tf.backbones.cpu_fast_ops import depthwise_tap_limit
 from pipnet_tf.io import atomic_write_bytes
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -44,6 +49,8 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # sitting at the 0.1 threshold, which moves a score by ~0.1·weight.
 DEFAULT_SCORE_TOLERANCE = {"none": 1e-4, "float16": 5e-2}
 SIGNATURE = "serving_default"
+# XNNPACK (the CPU delegate) runs int8 depthwise convs of at most 5x5 = 25 taps.
+XNNPACK_INT8_MAX_DEPTHWISE_TAPS = 25
 
 
 class ParityError(RuntimeError):
@@ -87,11 +94,19 @@ def images_spec(batch_size: int | None = None, fixed_size: int | None = None) ->
 
 def write_tflite_saved_model(model: keras.Model, out_dir: str | os.PathLike, image_size: int,
                              compact: bool = False, batch_size: int | None = None,
-                             fixed_size: int | None = None) -> pathlib.Path:
-    """An ExportArchive SavedModel holding only `serving_default` (the conversion source)."""
-    graph = InferenceGraph(model, image_size, compact=compact)
-    build_archive(graph, explain=False, images_spec=images_spec(batch_size, fixed_size)
-                  ).write_out(str(out_dir), verbose=False)
+                             fixed_size: int | None = None,
+                             quantization: str = "none") -> pathlib.Path:
+    """An ExportArchive SavedModel holding only `serving_default` (the conversion source).
+
+    For `quantization="int8"` the graph is traced with ConvNeXt's 7x7 depthwise convs cut
+    into ≤ 25-tap bands (`cpu_fast_ops.depthwise_tap_limit`), which XNNPACK runs in int8.
+    """
+    tap_limit = (depthwise_tap_limit(XNNPACK_INT8_MAX_DEPTHWISE_TAPS) if quantization == "int8"
+                 else contextlib.nullcontext())
+    with tap_limit:
+        graph = InferenceGraph(model, image_size, compact=compact)
+        build_archive(graph, explain=False, images_spec=images_spec(batch_size, fixed_size)
+                      ).write_out(str(out_dir), verbose=False)
     return pathlib.Path(out_dir)
 
 
@@ -186,7 +201,8 @@ def export_tflite(model: keras.Model, out: str | os.PathLike, image_size: int,
     with tempfile.TemporaryDirectory(prefix="pipnet_tflite_") as tmp:
         if saved_model_dir is None:
             saved_model_dir = write_tflite_saved_model(model, pathlib.Path(tmp) / "sm",
-                                                       image_size, compact=compact)
+                                                       image_size, compact=compact,
+                                                       quantization=quantization)
         content = convert(saved_model_dir, quantization, representative_images)
     reference = keras_outputs(model, heldout)
     figures = parity_figures(reference, run_tflite(content, heldout))

@@ -13,6 +13,7 @@ from pipnet_tf.backbones.cpu_fast_ops import (
     DepthwiseConv2DFast,
     PointwiseDense,
     depthwise_conv_same,
+    depthwise_tap_limit,
     exact_gelu,
 )
 from tests.test_case import run_layer_test
@@ -141,6 +142,13 @@ def test_depthwise_layer_equals_keras_and_serialises(tmp_path):
     fast.set_weights([w + 0.1 for w in keras_layer.get_weights()])
     keras_layer.set_weights(fast.get_weights())
     np.testing.assert_allclose(fast(x), keras_layer(x), atol=1e-5)
+    grads = []
+    for layer in (keras_layer, fast):  # training=True: the custom filter gradient
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x, training=True) * _random(x.shape, seed=4))
+        grads.append(tape.gradient(loss, layer.trainable_weights))
+    for fast_grad, keras_grad in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(fast_grad, keras_grad, atol=1e-4)
     run_layer_test(lambda: DepthwiseConv2DFast(3, padding="same"), (2, 5, 5, 3), tmp_path,
                    expected_output_shape=(2, 5, 5, 3))
 
@@ -152,3 +160,54 @@ def test_depthwise_layer_equals_keras_and_serialises(tmp_path):
 def test_depthwise_layer_rejects_unsupported_configs(kwargs):
     with pytest.raises(ValueError, match="DepthwiseConv2DFast supports"):
         DepthwiseConv2DFast(**kwargs)
+
+
+def test_depthwise_tap_limit_bands_give_the_same_outputs():
+    x = _random((2, 9, 7, 4))
+    layer = DepthwiseConv2DFast(7, padding="same")
+    layer.build(x.shape)
+    layer.set_weights([_random(w.shape, seed=i + 1) for i, w in enumerate(layer.get_weights())])
+    expected = layer(x)
+    with depthwise_tap_limit(25):  # 7x7 → rows 3 + 3 + 1
+        banded = layer(x, training=False)
+        graph = tf.function(lambda t: layer(t, training=False)).get_concrete_function(
+            tf.TensorSpec(x.shape)).graph
+    np.testing.assert_allclose(banded, expected, atol=1e-5)
+    filters = [op.inputs[1].shape.as_list() for op in graph.get_operations()
+               if op.type == "DepthwiseConv2dNative"]
+    assert sorted(f[0] * f[1] for f in filters) == [7, 21, 21]
+    # Outside the context (and in training inside it) the single 7x7 conv is used.
+    np.testing.assert_allclose(layer(x), expected, atol=0)
+
+
+def test_int8_tflite_depthwise_convs_have_at_most_25_taps():
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = keras.Input((12, 12, 8), batch_size=1)
+    model = keras.Model(inputs, DepthwiseConv2DFast(7, padding="same")(inputs))
+    rng = np.random.default_rng(0)
+
+    def representative():
+        for _ in range(4):
+            yield [rng.standard_normal((1, 12, 12, 8)).astype("float32")]
+
+    with depthwise_tap_limit(25):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        content = converter.convert()
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    depthwise = [op for op in interpreter._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
+    assert len(depthwise) == 3
+    for op in depthwise:
+        weights = tensors[op["inputs"][1]]
+        assert weights["dtype"] == np.int8
+        assert weights["shape"][1] * weights["shape"][2] <= 25
+    x = rng.standard_normal((1, 12, 12, 8)).astype("float32")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = model(x).numpy()
+    assert np.abs(out - expected).max() < 0.05 * np.abs(expected).max()

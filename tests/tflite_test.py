@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from export.tflite import (QUANTIZATIONS, ParityError, ParityGate, export_tflite,
-                           keras_outputs, make_interpreter)
+                           keras_outputs, make_interpreter, write_tflite_saved_model)
 from pipnet_tf.model import PIPNet
 
 IMAGE_SIZE = 32
@@ -142,3 +142,26 @@ def test_cli_exits_non_zero_on_a_failing_gate_and_writes_figures(tmp_path):
     figures = json.loads((run_dir / "tflite" / "pipnet_int8.json").read_text())
     assert figures["passed"] and figures["num_images"] > 0 and figures["heldout_split"] == "test"
     assert (run_dir / "tflite" / "pipnet_int8.tflite").is_file()
+
+
+def _depthwise_ops_in_saved_model(path) -> int:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((pathlib.Path(path) / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    return sum(node.op == "DepthwiseConv2dNative"
+               for function in graph.library.function for node in function.node_def)
+
+
+def test_int8_source_graph_cuts_convnext_depthwise_convs_into_bands(tmp_path):
+    from pipnet_tf.backbones import build_backbone
+
+    backbone = build_backbone("convnext_tiny_13", 32, weights=None, seed=0)
+    model = PIPNet(backbone.model, 3, backbone_name="convnext_tiny_13", seed=0)
+    model.build((None, 32, 32, 3))
+    plain = write_tflite_saved_model(model, tmp_path / "none", 32, quantization="none")
+    banded = write_tflite_saved_model(model, tmp_path / "int8", 32, quantization="int8")
+    # 18 blocks with one 7x7 depthwise conv each; int8: 3 bands (3 + 3 + 1 rows) each.
+    assert _depthwise_ops_in_saved_model(plain) == 18
+    assert _depthwise_ops_in_saved_model(banded) == 54

@@ -7,16 +7,20 @@ CPU kernels run fast (BUILD_NOTES "Real backbones" has the measurements).
   MatMul, an `AddV2` and an elementwise GELU, which Eigen runs slowly on bfloat16. In
   training (where GELU's input must be kept for the gradient) the GELU and its gradient
   are each one XLA-compiled float32 kernel instead of ~15 separate Eigen ops.
-- `DepthwiseConv2DFast`: the stride-1 "same" `DepthwiseConv2D` with a custom filter
-  gradient: oneDNN's depthwise backward-weights kernel for bfloat16 runs at ~5 GFLOP/s
+- `DepthwiseConv2DFast`: the stride-1 "same" `DepthwiseConv2D` with, in training, a
+  custom filter gradient: oneDNN's depthwise backward-weights kernel for bfloat16 runs at ~5 GFLOP/s
   here; the same sums computed as a forward depthwise conv (batch folded into channels,
   output-gradient as the filter) run 3–4x faster.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
+_LIMITS = threading.local()
 _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 
@@ -105,6 +109,37 @@ def depthwise_conv_same(x, kernel):
     return outputs, grad
 
 
+@contextlib.contextmanager
+def depthwise_tap_limit(max_taps: int):
+    """Inside, `DepthwiseConv2DFast` traces inference graphs whose depthwise convs have at
+    most `max_taps` taps: the k x k kernel is cut into bands of rows, each applied to the
+    padded input and summed (same outputs up to float rounding). For TFLite int8: XNNPACK
+    runs int8 depthwise convs of ≤ 25 taps, while a 7x7 one (49) falls back to a TFLite
+    kernel about 20x slower (BUILD_NOTES, Export)."""
+    previous = getattr(_LIMITS, "max_taps", None)
+    _LIMITS.max_taps = int(max_taps)
+    try:
+        yield
+    finally:
+        _LIMITS.max_taps = previous
+
+
+def _banded_depthwise_same(x, kernel, rows_per_band: int):
+    """Stride-1 "same" depthwise conv as a sum over bands of kernel rows (any shapes as
+    `depthwise_conv_same`)."""
+    k = int(kernel.shape[0])
+    pad = (k - 1) // 2
+    padded = tf.pad(x, [[0, 0], [pad, k - 1 - pad], [pad, k - 1 - pad], [0, 0]])
+    bands = []
+    for start in range(0, k, rows_per_band):
+        stop = min(start + rows_per_band, k)
+        rows = padded[:, start:(stop - k) or None]  # H + (stop − start) − 1 rows
+        bands.append(tf.nn.depthwise_conv2d(rows, kernel[start:stop], [1, 1, 1, 1], "VALID"))
+    # ADD_N is float in TFLite: int8 bands are summed in float, then requantised once
+    # (pairwise int8 ADDs requantise every partial sum: 4x the error at the same speed).
+    return tf.add_n(bands)
+
+
 @keras.saving.register_keras_serializable(package="pipnet_tf")
 class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
     """`DepthwiseConv2D` (same weights, same outputs) with a fast filter gradient.
@@ -123,8 +158,16 @@ class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
                 "DepthwiseConv2DFast supports odd square kernels with stride 1, 'same' "
                 f"padding, depth_multiplier 1, no dilation, channels_last; got {self.get_config()}")
 
-    def call(self, inputs):
-        outputs = depthwise_conv_same(inputs, keras.ops.cast(self.kernel, inputs.dtype))
+    def call(self, inputs, training=None):
+        kernel = keras.ops.cast(self.kernel, inputs.dtype)
+        max_taps = getattr(_LIMITS, "max_taps", None)
+        k = int(kernel.shape[0])
+        if training:
+            outputs = depthwise_conv_same(inputs, kernel)
+        elif max_taps and k * k > max_taps:
+            outputs = _banded_depthwise_same(inputs, kernel, max(1, max_taps // k))
+        else:  # inference graphs (SavedModel, TFLite) hold the plain op, TF's own gradient
+            outputs = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], "SAME")
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, outputs.dtype))
         if self.activation is not None:
