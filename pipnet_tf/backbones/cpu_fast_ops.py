@@ -58,10 +58,10 @@ class PointwiseDense(keras.layers.Dense):
         outputs = tf.matmul(flat, keras.ops.cast(self.kernel, flat.dtype))
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, flat.dtype))
-        if self.activation is not None and self._exact_gelu:
+        if self._exact_gelu:
             # Inference: tf.nn.gelu right after BiasAdd is the pattern the remapper fuses.
             outputs = exact_gelu(outputs) if training else tf.nn.gelu(outputs, approximate=False)
-        elif self.activation is not None:
+        else:  # Keras's activation is never None (`linear` by default)
             outputs = self.activation(outputs)
         inner = inputs.shape[1:-1]
         if all(d is not None for d in inner):  # a constant shape (one RESHAPE in TFLite)
@@ -74,6 +74,13 @@ class PointwiseDense(keras.layers.Dense):
         return getattr(self.activation, "__name__", "") == "gelu"
 
 
+def _pad_same(x, kernel_size: int):
+    """The zero padding of a stride-1 "same" k x k conv: (B, H, W, C) → (B, H+k−1, W+k−1, C)."""
+    pad = (kernel_size - 1) // 2
+    rest = kernel_size - 1 - pad
+    return tf.pad(x, [[0, 0], [pad, rest], [pad, rest], [0, 0]])
+
+
 def _depthwise_filter_gradient(x, upstream, kernel_size: int):
     """d loss / d kernel of a stride-1 "same" depthwise conv.
 
@@ -83,8 +90,7 @@ def _depthwise_filter_gradient(x, upstream, kernel_size: int):
 
     Args: x, upstream: (B, H, W, C). Returns: (k, k, C, 1) in x's dtype.
     """
-    pad = (kernel_size - 1) // 2
-    padded = tf.pad(x, [[0, 0], [pad, kernel_size - 1 - pad], [pad, kernel_size - 1 - pad], [0, 0]])
+    padded = _pad_same(x, kernel_size)
     shape = tf.shape(x)
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
     images = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]),
@@ -128,8 +134,7 @@ def _banded_depthwise_same(x, kernel, rows_per_band: int):
     """Stride-1 "same" depthwise conv as a sum over bands of kernel rows (any shapes as
     `depthwise_conv_same`)."""
     k = int(kernel.shape[0])
-    pad = (k - 1) // 2
-    padded = tf.pad(x, [[0, 0], [pad, k - 1 - pad], [pad, k - 1 - pad], [0, 0]])
+    padded = _pad_same(x, k)
     bands = []
     for start in range(0, k, rows_per_band):
         stop = min(start + rows_per_band, k)
@@ -170,6 +175,4 @@ class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
             outputs = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], "SAME")
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, outputs.dtype))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self.activation(outputs)
