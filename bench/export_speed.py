@@ -8,6 +8,8 @@ TFLite parity figures against the Keras model.
     KERAS_BACKEND=tensorflow python -m bench.export_speed --model /tmp/demo3
     # convnext_tiny_26 at 224 with random weights (no dataset: random images)
     KERAS_BACKEND=tensorflow python -m bench.export_speed --convnext --repeats 10
+    # ... with the blocks' 1e-6 initial layer scale instead of a trained-like 0.1
+    KERAS_BACKEND=tensorflow python -m bench.export_speed --convnext --layer_scale=0
 
 Results go to stdout as a Markdown table and to `--out_dir/results.json`. Besides wall
 time, the CPU seconds of the process (all threads) are recorded, which stay meaningful when
@@ -38,6 +40,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Trained run directory (model.keras + config.json).")
 flags.DEFINE_bool("convnext", False, "Benchmark convnext_tiny_26 at 224 with random weights.")
 flags.DEFINE_integer("num_classes", 200, "Classes of the random convnext model (CUB: 200).")
+flags.DEFINE_float("layer_scale", 0.1, "Layer-scale γ of the random convnext blocks, of the "
+                   "order of a trained ConvNeXt's; 0 keeps the 1e-6 initialisation.")
 flags.DEFINE_string("out_dir", None, "Where artifacts and results.json go (default: a temp dir).")
 flags.DEFINE_integer("repeats", 30, "Timed batch-1 calls per variant.")
 flags.DEFINE_integer("throughput_repeats", 5, "Timed batch-8 calls per variant.")
@@ -97,9 +101,15 @@ def tflite_caller(content: bytes, threads: int):
     return call
 
 
-def random_convnext(num_classes: int, seed: int = 0):
+def random_convnext(num_classes: int, seed: int = 0, layer_scale: float | None = None):
     """convnext_tiny_26 PIP-Net at 224, random weights, a sparse scoring sheet as after
-    training (each kept prototype votes for one class; two thirds of them kept)."""
+    training (each kept prototype votes for one class; two thirds of them kept).
+
+    `layer_scale` sets every block's layer-scale γ (None keeps the 1e-6 initialisation).
+    With 1e-6 each residual branch is ~1e-6 of the stream, which no trained model has and
+    which changes the int8 graph: XNNPACK's int8 ADD rejects such scale ratios, so the
+    residual ADDs fall back to TFLite's own kernel.
+    """
     from pipnet_tf.backbones import build_backbone
     from pipnet_tf.model import PIPNet
 
@@ -112,6 +122,10 @@ def random_convnext(num_classes: int, seed: int = 0):
         if d % 3:
             kernel[d, rng.integers(num_classes)] = rng.uniform(0.5, 3.0)
     model.classifier.kernel.assign(kernel)
+    if layer_scale is not None:
+        for layer in model.backbone.layers:
+            if layer.name.endswith("_layer_scale"):
+                layer.gamma.assign(np.full(layer.gamma.shape, layer_scale, "float32"))
     return model
 
 
@@ -197,7 +211,7 @@ def main(argv):
         rows += benchmark(f"{config.get('net', 'model')}_{image_size}", model, image_size,
                           out_dir, heldout, calibration)
     if FLAGS.convnext:
-        model = random_convnext(FLAGS.num_classes)
+        model = random_convnext(FLAGS.num_classes, layer_scale=FLAGS.layer_scale or None)
         rng = np.random.default_rng(1)
         # Random weights, no dataset: random images for parity (figures only indicative).
         heldout = rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)

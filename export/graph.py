@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from pipnet_tf.backbones.cpu_fast_ops import portable_graphs
+
 PATCH_SIZE = 32  # SPEC §4: visual patch size in model-input pixels (at 224)
 SPECIAL_GRID = 26  # SPEC §4: the 26x26 grid has its own edge handling (offset 4)
 
@@ -120,7 +122,8 @@ class InferenceGraph:
         images = tf.ensure_shape(images, (None, None, None, 3), name="check_images_shape")
         x = tf.image.resize(tf.cast(images, tf.float32), (self.image_size, self.image_size),
                             method="bilinear")
-        features = self.model.backbone(x, training=False)
+        with portable_graphs():  # plain TF ops only: no XLA kernels in exported graphs
+            features = self.model.backbone(x, training=False)
         if self.model.add_on is not None:
             features = self.model.add_on(features)
         maps = self.model.prototype_activation(tf.cast(features, tf.float32))

@@ -1,7 +1,9 @@
-"""`cpu_fast_ops`: the fast layers compute what Keras's `Dense`/`Activation("gelu")` and
-`DepthwiseConv2D` compute, forward and backward, checked against Keras, tf's autodiff and
+"""`cpu_fast_ops`: the fast layers compute what Keras's `Dense`/`Activation("gelu")`,
+`DepthwiseConv2D` and `LayerNormalization` compute, forward and backward, checked against Keras, tf's autodiff and
 a NumPy reimplementation of the depthwise filter gradient."""
 from __future__ import annotations
+
+import contextlib
 
 import keras
 import numpy as np
@@ -11,10 +13,12 @@ from scipy.special import erf
 
 from pipnet_tf.backbones.cpu_fast_ops import (
     DepthwiseConv2DFast,
+    LayerNormalizationFast,
     PointwiseDense,
     depthwise_conv_same,
     depthwise_tap_limit,
     exact_gelu,
+    portable_graphs,
 )
 from tests.test_case import run_layer_test
 
@@ -211,3 +215,118 @@ def test_int8_tflite_depthwise_convs_have_at_most_25_taps():
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     expected = model(x).numpy()
     assert np.abs(out - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def _numpy_layer_norm(x, gamma, beta, epsilon=1e-6):
+    x = x.astype("float64")
+    mean = x.mean(axis=-1, keepdims=True)
+    variance = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def _layer_norm_pair(shape, dtype="float32"):
+    keras_layer = keras.layers.LayerNormalization(epsilon=1e-6, dtype=dtype)
+    fast = LayerNormalizationFast(epsilon=1e-6, dtype=dtype)
+    keras_layer.build(shape)
+    fast.build(shape)
+    weights = [1 + 0.5 * _random(shape[-1:], seed=5), 0.3 * _random(shape[-1:], seed=6)]
+    keras_layer.set_weights(weights)
+    fast.set_weights(weights)
+    return keras_layer, fast, weights
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_layer_norm_fast_equals_keras_and_numpy(training, portable):
+    x = _random((2, 5, 4, 24), scale=3) + 2.0  # a non-zero mean per token
+    keras_layer, fast, (gamma, beta) = _layer_norm_pair(x.shape)
+    context = portable_graphs() if portable else contextlib.nullcontext()
+    with context:
+        y = fast(x, training=training)
+        traced = tf.function(lambda t: fast(t, training=training))(tf.constant(x))
+    np.testing.assert_allclose(y, keras_layer(x), atol=1e-5)
+    np.testing.assert_allclose(traced, y, atol=1e-6)
+    np.testing.assert_allclose(y, _numpy_layer_norm(x, gamma, beta), atol=1e-5)
+
+
+def test_layer_norm_fast_bfloat16_within_one_rounding():
+    x = _random((2, 6, 6, 32), scale=2)
+    keras_layer, fast, (gamma, beta) = _layer_norm_pair(x.shape, dtype="mixed_bfloat16")
+    y = fast(x, training=False)
+    assert y.dtype == "bfloat16"
+    rounded = tf.cast(tf.constant(x, tf.bfloat16), tf.float32).numpy()  # the layer's input
+    expected = _numpy_layer_norm(rounded, gamma, beta)
+    np.testing.assert_allclose(tf.cast(y, tf.float32), expected, rtol=2**-7, atol=1e-2)
+    np.testing.assert_allclose(tf.cast(y, tf.float32), tf.cast(keras_layer(x), tf.float32),
+                               rtol=2**-7, atol=1e-2)
+
+
+def test_layer_norm_fast_gradients_are_keras_ones():
+    x = _random((2, 3, 3, 8))
+    keras_layer, fast, _ = _layer_norm_pair(x.shape)
+    grads = []
+    for layer in (keras_layer, fast):
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(layer(inputs, training=True) * _random(x.shape, seed=7))
+        grads.append(tape.gradient(loss, [inputs, *layer.trainable_weights]))
+    for fast_grad, keras_grad in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(fast_grad, keras_grad, atol=1e-5)
+
+
+def test_layer_norm_fast_serialises(tmp_path):
+    run_layer_test(lambda: LayerNormalizationFast(epsilon=1e-6), (2, 3, 3, 5), tmp_path,
+                   expected_output_shape=(2, 3, 3, 5))
+
+
+def _xla_functions(graph) -> int:
+    """Functions of a traced graph (and its library) marked for XLA compilation."""
+    library = graph.as_graph_def().library.function
+    return sum(bool(f.attr["_XlaMustCompile"].b) for f in library)
+
+
+def test_portable_graphs_trace_no_xla_kernels():
+    x = tf.TensorSpec((2, 4, 4, 8))
+    layer = LayerNormalizationFast(epsilon=1e-6)
+    dense = PointwiseDense(8, activation="gelu")
+    step = tf.function(lambda t, training: dense(layer(t, training=training), training=training))
+    assert _xla_functions(step.get_concrete_function(x, False).graph) == 1  # the LayerNorm
+    assert _xla_functions(step.get_concrete_function(x, True).graph) == 1  # the GELU
+    with portable_graphs():
+        for training in (False, True):
+            graph = tf.function(
+                lambda t, training=training: dense(layer(t, training=training),
+                                                   training=training)
+            ).get_concrete_function(x).graph
+            assert _xla_functions(graph) == 0
+
+
+def test_int8_tflite_layer_norm_has_no_squared_difference():
+    """SQUARED_DIFFERENCE has no XNNPACK int8 kernel: the portable LayerNorm avoids it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    inputs = keras.Input((6, 6, 16), batch_size=1)
+    model = keras.Model(inputs, LayerNormalizationFast(epsilon=1e-6)(inputs))
+    model.layers[-1].set_weights([1 + 0.5 * _random((16,), seed=1), _random((16,), seed=2)])
+    rng = np.random.default_rng(0)
+
+    def representative():
+        for _ in range(8):
+            yield [rng.standard_normal((1, 6, 6, 16)).astype("float32")]
+
+    with portable_graphs():
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        content = converter.convert()
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "SQUARED_DIFFERENCE" not in ops and "MEAN" in ops
+    x = rng.standard_normal((1, 6, 6, 16)).astype("float32")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = model(x).numpy()
+    assert np.abs(out - expected).max() < 0.1 * np.abs(expected).max()

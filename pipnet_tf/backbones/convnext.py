@@ -29,7 +29,11 @@ import numpy as np
 import tensorflow as tf
 
 from pipnet_tf.backbones import register_backbone
-from pipnet_tf.backbones.cpu_fast_ops import DepthwiseConv2DFast, PointwiseDense
+from pipnet_tf.backbones.cpu_fast_ops import (
+    DepthwiseConv2DFast,
+    LayerNormalizationFast,
+    PointwiseDense,
+)
 from pipnet_tf.backbones.weights import ImagePreprocessing, build_with_weights
 
 PREFIX = "convnext_tiny"  # keras.applications layer-name prefix
@@ -127,7 +131,7 @@ def _block(x, width: int, drop_rate: float, name: str, seeds: _Seeds, depthwise:
             width, 7, padding="same", groups=width, kernel_initializer=seeds.normal(),
             name=f"{name}_depthwise_conv",
         )(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_layernorm")(x)
+    x = LayerNormalizationFast(epsilon=1e-6, name=f"{name}_layernorm")(x)
     # keras.applications has Dense, Activation("gelu"), Dense: same weights and outputs.
     x = PointwiseDense(4 * width, activation="gelu", kernel_initializer=seeds.normal(),
                        name=f"{name}_pointwise_conv_1")(x)
@@ -164,7 +168,7 @@ def build_convnext_tiny(
         inputs)
     x = keras.layers.Conv2D(WIDTHS[0], 4, strides=4, kernel_initializer=seeds.normal(),
                             name=f"{PREFIX}_stem_conv")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{PREFIX}_stem_layernorm")(x)
+    x = LayerNormalizationFast(epsilon=1e-6, name=f"{PREFIX}_stem_layernorm")(x)
     drop_rates = np.linspace(0.0, drop_path_rate, sum(DEPTHS))
     block_index = 0
     for stage, (depth, width) in enumerate(zip(DEPTHS, WIDTHS)):
@@ -172,7 +176,7 @@ def build_convnext_tiny(
             i = stage - 1
             in_channels = WIDTHS[stage - 1]
             stride = 1 if stride_one_above is not None and in_channels > stride_one_above else 2
-            x = keras.layers.LayerNormalization(
+            x = LayerNormalizationFast(
                 epsilon=1e-6, name=f"{PREFIX}_downsampling_layernorm_{i}")(x)
             x = keras.layers.Conv2D(width, 2, strides=stride, kernel_initializer=seeds.normal(),
                                     name=f"{PREFIX}_downsampling_conv_{i}")(x)

@@ -11,6 +11,12 @@ CPU kernels run fast (BUILD_NOTES "Real backbones" has the measurements).
   custom filter gradient: oneDNN's depthwise backward-weights kernel for bfloat16 runs at ~5 GFLOP/s
   here; the same sums computed as a forward depthwise conv (batch folded into channels,
   output-gradient as the filter) run 3–4x faster.
+- `LayerNormalizationFast`: `LayerNormalization` over the last axis whose inference forward
+  is one small XLA-compiled kernel (bfloat16/float32 in and out, float32 inside) instead of
+  ~10 separate Eigen ops and casts.
+
+XLA-compiled pieces would tie an exported graph to XLA (TF Serving and TFLite run the
+plain ops): inside `portable_graphs()` every layer here traces plain TensorFlow ops.
 """
 from __future__ import annotations
 
@@ -23,6 +29,22 @@ import tensorflow as tf
 _LIMITS = threading.local()
 _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
+
+
+def _portable() -> bool:
+    return bool(getattr(_LIMITS, "portable", False))
+
+
+@contextlib.contextmanager
+def portable_graphs():
+    """Inside, the layers of this module trace only plain TensorFlow ops (no XLA-compiled
+    functions): for graphs that leave this process (SavedModel, TFLite)."""
+    previous = _portable()
+    _LIMITS.portable = True
+    try:
+        yield
+    finally:
+        _LIMITS.portable = previous
 
 
 @tf.function(jit_compile=True)
@@ -60,7 +82,8 @@ class PointwiseDense(keras.layers.Dense):
             outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, flat.dtype))
         if self._exact_gelu:
             # Inference: tf.nn.gelu right after BiasAdd is the pattern the remapper fuses.
-            outputs = exact_gelu(outputs) if training else tf.nn.gelu(outputs, approximate=False)
+            fused = not training or _portable()
+            outputs = tf.nn.gelu(outputs, approximate=False) if fused else exact_gelu(outputs)
         else:  # Keras's activation is never None (`linear` by default)
             outputs = self.activation(outputs)
         inner = inputs.shape[1:-1]
@@ -176,3 +199,47 @@ class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, outputs.dtype))
         return self.activation(outputs)
+
+
+@tf.function(jit_compile=True)
+def _layer_norm_last_axis(x, gamma, beta, epsilon):
+    """(x − mean) / sqrt(var + ε) · γ + β over the last axis, in float32; x's dtype out."""
+    x32 = tf.cast(x, tf.float32)
+    centered = x32 - tf.reduce_mean(x32, axis=-1, keepdims=True)
+    variance = tf.reduce_mean(tf.square(centered), axis=-1, keepdims=True)
+    scale = tf.math.rsqrt(variance + epsilon) * gamma
+    return tf.cast(centered * scale + beta, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class LayerNormalizationFast(keras.layers.LayerNormalization):
+    """`LayerNormalization` (same weights, same outputs up to float rounding) whose
+    inference forward over the last axis is one XLA-compiled kernel.
+
+    Training and `portable_graphs()` use Keras's own ops. Input shape: `(batch, ..., C)`.
+    Output shape: the same.
+    """
+
+    def call(self, inputs, training=None):
+        last_axis = self.axis in (-1, [-1], len(inputs.shape) - 1, [len(inputs.shape) - 1])
+        if training or not last_axis or self.rms_scaling or not (self.center and self.scale):
+            return super().call(inputs)
+        gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
+        epsilon = tf.constant(self.epsilon, tf.float32)
+        if _portable():
+            outputs = _layer_norm_portable(inputs, gamma, beta, epsilon)
+        else:
+            outputs = _layer_norm_last_axis(inputs, gamma, beta, epsilon)
+        # As Keras: the compute dtype out (Keras's LayerNormalization does not autocast).
+        return tf.cast(outputs, self.compute_dtype)
+
+
+def _layer_norm_portable(x, gamma, beta, epsilon):
+    """`_layer_norm_last_axis` in plain ops, written for TFLite: SUB/MUL instead of
+    SQUARED_DIFFERENCE (no XNNPACK int8 kernel: the reference one took a quarter of the
+    int8 ConvNeXt) and one full-size multiply-add after the normalisation."""
+    x32 = tf.cast(x, tf.float32)
+    centered = x32 - tf.reduce_mean(x32, axis=-1, keepdims=True)
+    variance = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
+    normalized = centered * tf.math.rsqrt(variance + epsilon)
+    return tf.cast(normalized * gamma + beta, x.dtype)

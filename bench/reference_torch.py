@@ -1,0 +1,154 @@
+"""The authors' PyTorch PIP-Net forward/training step, timed on this CPU (the baseline of
+the speed targets in issues #3 and #6).
+
+The reference builds its backbones from torchvision (SPEC §1): ConvNeXt-Tiny with
+`avgpool`/`classifier` replaced by identities and every stride-2 `Conv2d` with more than
+100 (`convnext_tiny_26`) or 300 (`convnext_tiny_13`) input channels set to stride 1;
+ResNet-50 with `layer3`/`layer4` at stride 1. The head is the reference's: softmax over
+the channels at every cell, global max pool, `NonNegLinear` (relu(W)) to K classes,
+presence < 0.1 zeroed at inference. This script rebuilds exactly that with torchvision's
+modules and times it as `bench/backbone_speed.py` times ours (224 px, batch 8, median of
+`--runs` after `--warmup`; training = one second-phase step on two views of B images,
+loss and AdamW as the reference's `train_pipnet`), with `torch.set_num_threads(--threads)`.
+
+PyTorch is not a dependency of pipnet-tf; run this from its own virtual environment:
+
+    python3 -m venv /tmp/tvvenv
+    /tmp/tvvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy
+    /tmp/tvvenv/bin/python bench/reference_torch.py --backbones=convnext_tiny_13 --modes=infer
+
+Prints one JSON line per backbone and mode.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+
+def build(name: str, num_classes: int = 200):
+    import torch
+    import torchvision
+    from torch import nn
+
+    if name.startswith("convnext_tiny"):
+        threshold = {"convnext_tiny_26": 100, "convnext_tiny_13": 300}[name]
+        net = torchvision.models.convnext_tiny(weights=None)
+        net.avgpool, net.classifier = nn.Identity(), nn.Identity()
+        for module in net.modules():
+            if (isinstance(module, nn.Conv2d) and module.stride == (2, 2)
+                    and module.in_channels > threshold):
+                module.stride = (1, 1)
+        features, channels = net.features, 768
+    elif name == "resnet50":
+        net = torchvision.models.resnet50(weights=None)
+        for layer in (net.layer3, net.layer4):
+            for module in layer[0].modules():
+                if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                    module.stride = (1, 1)
+        features = nn.Sequential(*list(net.children())[:-2])
+        channels = 2048
+    else:
+        raise ValueError(f"unknown backbone {name!r}")
+
+    class PIPNetReference(nn.Module):
+        """features → softmax over D → global max → relu(W) scoring sheet."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = features
+            self.add_on = nn.Softmax(dim=1)
+            self.pool = nn.Sequential(nn.AdaptiveMaxPool2d((1, 1)), nn.Flatten())
+            self.weight = nn.Parameter(torch.normal(1.0, 0.1, (num_classes, channels)))
+
+        def forward(self, x, inference: bool = False):
+            proto = self.add_on(self.net(x))
+            pooled = self.pool(proto)
+            if inference:
+                pooled = torch.where(pooled < 0.1, 0.0, pooled)
+            return proto, pooled, pooled @ torch.relu(self.weight).t()
+
+    return PIPNetReference()
+
+
+def _loss(model, x1, x2, y):
+    """SPEC §2 with λ_A = 5, λ_T = 2, λ_C = 2 (second phase)."""
+    import torch
+    import torch.nn.functional as F
+
+    proto, pooled, out = model(torch.cat([x1, x2]))
+    pf1, pf2 = proto.chunk(2)
+    embv1 = pf1.flatten(start_dim=2).permute(0, 2, 1).flatten(end_dim=1)
+    embv2 = pf2.flatten(start_dim=2).permute(0, 2, 1).flatten(end_dim=1)
+    align = -torch.log((embv1 * embv2.detach()).sum(dim=1) + 1e-8).mean()
+    p1, p2 = pooled.chunk(2)
+    tanh = (-torch.log(torch.tanh(p1.sum(0)) + 1e-8).mean()
+            - torch.log(torch.tanh(p2.sum(0)) + 1e-8).mean())
+    logits = torch.log1p(out ** 2)
+    cls = F.nll_loss(F.log_softmax(logits, dim=1), torch.cat([y, y]))
+    return 5.0 * align + 2.0 * tanh + 2.0 * cls
+
+
+def measure(name: str, modes: list[str], batch: int, size: int, warmup: int, runs: int) -> list:
+    import torch
+
+    torch.manual_seed(1)
+    model = build(name)
+    x = torch.rand(batch, 3, size, size)
+    results = []
+    if "infer" in modes:
+        model.eval()
+        times = []
+        with torch.no_grad():
+            for _ in range(warmup + runs):
+                start = time.perf_counter()
+                model(x, inference=True)
+                times.append(time.perf_counter() - start)
+        step = statistics.median(times[warmup:])
+        results.append({"backbone": name, "mode": "infer", "batch": batch, "step_s": step,
+                        "img_per_s": batch / step, "best_img_per_s": batch / min(times[warmup:]),
+                        "times_s": times})
+    if "train" in modes:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+        x2 = torch.rand(batch, 3, size, size)
+        y = torch.randint(0, 200, (batch,))
+        times = []
+        for _ in range(warmup + runs):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            _loss(model, x, x2, y).backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        step = statistics.median(times[warmup:])
+        results.append({"backbone": name, "mode": "train", "batch": batch, "step_s": step,
+                        "pairs_per_s": batch / step, "times_s": times})
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbones", default="convnext_tiny_26,convnext_tiny_13,resnet50")
+    parser.add_argument("--modes", default="infer,train")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    for name in args.backbones.split(","):
+        for result in measure(name, args.modes.split(","), args.batch, args.image_size,
+                              args.warmup, args.runs):
+            result.update(torch=torch.__version__, threads=args.threads,
+                          loadavg_1min=os.getloadavg()[0])
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
