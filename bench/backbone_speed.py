@@ -6,7 +6,7 @@ For every (backbone, precision, XLA) configuration it measures, in a fresh subpr
 - inference: images/s of `PIPNet(images, training=False)` (a `tf.function`), batch B;
 - training: image pairs/s of `PIPNet.fit` steps on (view1, view2, label) batches of B pairs,
   loss 5·L_A + 2·L_T + 2·L_C (`PIPNet.train_step`), every group trainable ("full" stage),
-  one AdamW per group as the trainer does.
+  one AdamW per group as the trainer does (`optimization.FusedAdamW`).
 
 Each number is B / the median time of `--runs` steps after `--warmup` steps (the first
 one traces the function). Results are printed as a table and written as JSON (`--out`).
@@ -54,6 +54,7 @@ def _measure(config: dict) -> dict:
     from pipnet_tf import phases
     from pipnet_tf.backbones import build_backbone
     from pipnet_tf.model import PIPNet
+    from pipnet_tf.optimization import FusedAdamW
 
     keras.utils.set_random_seed(1)
     size, batch = config["image_size"], config["batch"]
@@ -82,7 +83,7 @@ def _measure(config: dict) -> dict:
         for name in ("backbone", "freeze", "train", "add_on", "classifier"):
             variables = [v for layer in groups[name] for v in layer.trainable_weights]
             if variables:
-                pairs.append((keras.optimizers.AdamW(1e-4, weight_decay=0.0), variables))
+                pairs.append((FusedAdamW(1e-4, weight_decay=0.0), variables))
         model.compile(optimizer_groups=pairs, loss_weights=full.loss_weights,
                       jit_compile=config["jit"])
         view2 = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))

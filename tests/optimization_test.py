@@ -59,3 +59,63 @@ def test_adamw_settings_and_groups_cover_the_model():
     assert opts.groups["train"][0].epsilon == pytest.approx(1e-8)
     opts.build()
     assert all(o.built for o, vs in opts.groups.values() if vs)
+
+
+def _numpy_adamw(params, grads_per_step, lr, weight_decay, beta_1=0.9, beta_2=0.999, eps=1e-8):
+    """Keras's AdamW (decoupled decay, then the ε-hat Adam step) in float64."""
+    params = [p.astype("float64") for p in params]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        alpha = lr * math.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        for i, g in enumerate(grads):
+            params[i] = params[i] - params[i] * weight_decay * lr
+            m[i] += (g - m[i]) * (1 - beta_1)
+            v[i] += (g * g - v[i]) * (1 - beta_2)
+            params[i] = params[i] - alpha * m[i] / (np.sqrt(v[i]) + eps)
+    return params, m, v
+
+
+def _compiled_apply(optimizer, variables):
+    import tensorflow as tf
+
+    return tf.function(lambda grads: optimizer.apply(grads, variables))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_fused_adamw_is_keras_adamw(weight_decay):
+    import keras
+    import tensorflow as tf
+
+    from pipnet_tf.optimization import FusedAdamW
+
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((4, 3)).astype("float32"), rng.standard_normal(5).astype("float32")]
+    steps = [[rng.standard_normal(p.shape).astype("float32") for p in start] for _ in range(6)]
+    results = {}
+    for cls in (keras.optimizers.AdamW, FusedAdamW):
+        variables = [keras.Variable(p) for p in start]
+        optimizer = cls(learning_rate=3e-2, weight_decay=weight_decay, epsilon=1e-8)
+        apply = _compiled_apply(optimizer, variables)
+        for grads in steps:
+            apply([tf.constant(g) for g in grads])
+        results[cls] = ([v.numpy() for v in variables], optimizer)
+    expected, m, v = _numpy_adamw(start, steps, 3e-2, weight_decay)
+    fused, optimizer = results[FusedAdamW]
+    for got, keras_value, want in zip(fused, results[keras.optimizers.AdamW][0], expected):
+        np.testing.assert_allclose(got, keras_value, atol=2e-6)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+    np.testing.assert_allclose(optimizer._momentums[0].numpy(), m[0], atol=1e-6)
+    np.testing.assert_allclose(optimizer._velocities[1].numpy(), v[1], atol=1e-6)
+    assert int(optimizer.iterations.numpy()) == len(steps)
+
+
+def test_fused_adamw_round_trips_its_config():
+    import keras
+
+    from pipnet_tf.optimization import FusedAdamW
+
+    optimizer = FusedAdamW(learning_rate=1e-3, weight_decay=0.1, epsilon=1e-8, name="net")
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert isinstance(restored, FusedAdamW)
+    assert restored.get_config() == optimizer.get_config()
