@@ -184,24 +184,37 @@ def test_depthwise_tap_limit_bands_give_the_same_outputs():
     np.testing.assert_allclose(layer(x), expected, atol=0)
 
 
-def test_int8_tflite_depthwise_convs_have_at_most_25_taps():
+def _int8_tflite(model, context, calibration_images: int = 8):
+    """`model` (one (1, H, W, C) input) converted to int8 TFLite inside `context`, its
+    interpreter allocated, and the relative max error of its output on a random input."""
     from ai_edge_litert.interpreter import Interpreter
 
-    inputs = keras.Input((12, 12, 8), batch_size=1)
-    model = keras.Model(inputs, DepthwiseConv2DFast(7, padding="same")(inputs))
+    shape = tuple(model.inputs[0].shape)
     rng = np.random.default_rng(0)
 
     def representative():
-        for _ in range(4):
-            yield [rng.standard_normal((1, 12, 12, 8)).astype("float32")]
+        for _ in range(calibration_images):
+            yield [rng.standard_normal(shape).astype("float32")]
 
-    with depthwise_tap_limit(25):
+    with context:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         content = converter.convert()
     interpreter = Interpreter(model_content=content)
     interpreter.allocate_tensors()
+    x = rng.standard_normal(shape).astype("float32")
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = model(x).numpy()
+    return interpreter, np.abs(out - expected).max() / np.abs(expected).max()
+
+
+def test_int8_tflite_depthwise_convs_have_at_most_25_taps():
+    inputs = keras.Input((12, 12, 8), batch_size=1)
+    model = keras.Model(inputs, DepthwiseConv2DFast(7, padding="same")(inputs))
+    interpreter, error = _int8_tflite(model, depthwise_tap_limit(25), calibration_images=4)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     depthwise = [op for op in interpreter._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
     assert len(depthwise) == 3
@@ -209,12 +222,7 @@ def test_int8_tflite_depthwise_convs_have_at_most_25_taps():
         weights = tensors[op["inputs"][1]]
         assert weights["dtype"] == np.int8
         assert weights["shape"][1] * weights["shape"][2] <= 25
-    x = rng.standard_normal((1, 12, 12, 8)).astype("float32")
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    expected = model(x).numpy()
-    assert np.abs(out - expected).max() < 0.05 * np.abs(expected).max()
+    assert error < 0.05
 
 
 def _numpy_layer_norm(x, gamma, beta, epsilon=1e-6):
@@ -304,29 +312,10 @@ def test_portable_graphs_trace_no_xla_kernels():
 
 def test_int8_tflite_layer_norm_has_no_squared_difference():
     """SQUARED_DIFFERENCE has no XNNPACK int8 kernel: the portable LayerNorm avoids it."""
-    from ai_edge_litert.interpreter import Interpreter
-
     inputs = keras.Input((6, 6, 16), batch_size=1)
     model = keras.Model(inputs, LayerNormalizationFast(epsilon=1e-6)(inputs))
     model.layers[-1].set_weights([1 + 0.5 * _random((16,), seed=1), _random((16,), seed=2)])
-    rng = np.random.default_rng(0)
-
-    def representative():
-        for _ in range(8):
-            yield [rng.standard_normal((1, 6, 6, 16)).astype("float32")]
-
-    with portable_graphs():
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        content = converter.convert()
-    interpreter = Interpreter(model_content=content)
-    interpreter.allocate_tensors()
+    interpreter, error = _int8_tflite(model, portable_graphs())
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "SQUARED_DIFFERENCE" not in ops and "MEAN" in ops
-    x = rng.standard_normal((1, 6, 6, 16)).astype("float32")
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    expected = model(x).numpy()
-    assert np.abs(out - expected).max() < 0.1 * np.abs(expected).max()
+    assert error < 0.1

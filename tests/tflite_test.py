@@ -144,14 +144,21 @@ def test_cli_exits_non_zero_on_a_failing_gate_and_writes_figures(tmp_path):
     assert (run_dir / "tflite" / "pipnet_int8.tflite").is_file()
 
 
-def _depthwise_ops_in_saved_model(path) -> int:
+def _saved_model_functions(path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString((pathlib.Path(path) / "saved_model.pb").read_bytes())
-    graph = proto.meta_graphs[0].graph_def
-    return sum(node.op == "DepthwiseConv2dNative"
-               for function in graph.library.function for node in function.node_def)
+    return proto.meta_graphs[0].graph_def.library.function
+
+
+def _ops_in_saved_model(path, op: str) -> int:
+    return sum(node.op == op for function in _saved_model_functions(path)
+               for node in function.node_def)
+
+
+def _depthwise_ops_in_saved_model(path) -> int:
+    return _ops_in_saved_model(path, "DepthwiseConv2dNative")
 
 
 def test_int8_source_graph_cuts_convnext_depthwise_convs_into_bands(tmp_path):
@@ -165,3 +172,9 @@ def test_int8_source_graph_cuts_convnext_depthwise_convs_into_bands(tmp_path):
     # 18 blocks with one 7x7 depthwise conv each; int8: 3 bands (3 + 3 + 1 rows) each.
     assert _depthwise_ops_in_saved_model(plain) == 18
     assert _depthwise_ops_in_saved_model(banded) == 54
+    # Exported graphs hold plain ops: no XLA-compiled kernels (the Keras model's inference
+    # LayerNorm is one), and LayerNorms without SQUARED_DIFFERENCE (no XNNPACK int8 kernel).
+    for source in (plain, banded):
+        assert not any(f.attr["_XlaMustCompile"].b for f in _saved_model_functions(source))
+        assert _ops_in_saved_model(source, "SquaredDifference") == 0
+        assert _ops_in_saved_model(source, "Rsqrt") == 22  # stem + 3 downsamplers + 18 blocks
