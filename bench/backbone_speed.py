@@ -29,7 +29,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Authors' PyTorch code on the same machine, 2 threads: (inference img/s, training pairs/s).
+# Authors' PyTorch code, 2 threads: (inference img/s, training pairs/s), the figures of issue
+# #3, measured on one host of this VM kind. Hosts differ (up to 1.7x): time the reference
+# on the same host with bench/reference_torch.py to compare (BUILD_NOTES "Real backbones").
 REFERENCE = {
     "convnext_tiny_26": (3.0, 0.53),
     "convnext_tiny_13": (13.0, 1.75),
