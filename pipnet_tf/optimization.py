@@ -78,7 +78,7 @@ class PhaseOptimizers:
 class FusedAdamW(keras.optimizers.AdamW):
     """Keras's `AdamW` (same slots, same update, same config) whose per-variable Adam step
     is TensorFlow's single fused `ResourceApplyAdam` kernel instead of ~12 separate
-    elementwise ops: about 5x less time in the optimiser of a ConvNeXt training step on CPU
+    elementwise ops: about 3x less time in the optimiser of a ConvNeXt training step on CPU
     (BUILD_NOTES, "Real backbones"). The update is Keras's:
     m ← m + (g − m)(1 − β1), v ← v + (g² − v)(1 − β2),
     θ ← θ − lr·sqrt(1 − β2ᵗ)/(1 − β1ᵗ) · m / (sqrt(v) + ε); decoupled weight decay is

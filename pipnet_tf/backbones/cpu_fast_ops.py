@@ -201,14 +201,22 @@ class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
         return self.activation(outputs)
 
 
-@tf.function(jit_compile=True)
 def _layer_norm_last_axis(x, gamma, beta, epsilon):
-    """(x − mean) / sqrt(var + ε) · γ + β over the last axis, in float32; x's dtype out."""
+    """(x − mean) / sqrt(var + ε) · γ + β over the last axis, in float32; x's dtype out.
+
+    Written for TFLite too: SUB/MUL instead of SQUARED_DIFFERENCE (which has no XNNPACK
+    int8 kernel: TFLite's reference one took a quarter of the int8 ConvNeXt) and one
+    full-size multiply-add after the normalisation.
+    """
     x32 = tf.cast(x, tf.float32)
     centered = x32 - tf.reduce_mean(x32, axis=-1, keepdims=True)
-    variance = tf.reduce_mean(tf.square(centered), axis=-1, keepdims=True)
-    scale = tf.math.rsqrt(variance + epsilon) * gamma
-    return tf.cast(centered * scale + beta, x.dtype)
+    variance = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
+    normalized = centered * tf.math.rsqrt(variance + epsilon)
+    return tf.cast(normalized * gamma + beta, x.dtype)
+
+
+# The same function as one XLA kernel (reads x once for the moments, once for the output).
+_layer_norm_last_axis_xla = tf.function(_layer_norm_last_axis, jit_compile=True)
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
@@ -216,8 +224,8 @@ class LayerNormalizationFast(keras.layers.LayerNormalization):
     """`LayerNormalization` (same weights, same outputs up to float rounding) whose
     inference forward over the last axis is one XLA-compiled kernel.
 
-    Training and `portable_graphs()` use Keras's own ops. Input shape: `(batch, ..., C)`.
-    Output shape: the same.
+    Training uses Keras's own ops; `portable_graphs()` the same formula as plain ops.
+    Input shape: `(batch, ..., C)`. Output shape: the same.
     """
 
     def call(self, inputs, training=None):
@@ -226,20 +234,8 @@ class LayerNormalizationFast(keras.layers.LayerNormalization):
             return super().call(inputs)
         gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
         epsilon = tf.constant(self.epsilon, tf.float32)
-        if _portable():
-            outputs = _layer_norm_portable(inputs, gamma, beta, epsilon)
-        else:
-            outputs = _layer_norm_last_axis(inputs, gamma, beta, epsilon)
+        norm = _layer_norm_last_axis if _portable() else _layer_norm_last_axis_xla
+        outputs = norm(inputs, gamma, beta, epsilon)
         # As Keras: the compute dtype out (Keras's LayerNormalization does not autocast).
         return tf.cast(outputs, self.compute_dtype)
 
-
-def _layer_norm_portable(x, gamma, beta, epsilon):
-    """`_layer_norm_last_axis` in plain ops, written for TFLite: SUB/MUL instead of
-    SQUARED_DIFFERENCE (no XNNPACK int8 kernel: the reference one took a quarter of the
-    int8 ConvNeXt) and one full-size multiply-add after the normalisation."""
-    x32 = tf.cast(x, tf.float32)
-    centered = x32 - tf.reduce_mean(x32, axis=-1, keepdims=True)
-    variance = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
-    normalized = centered * tf.math.rsqrt(variance + epsilon)
-    return tf.cast(normalized * gamma + beta, x.dtype)
