@@ -61,7 +61,7 @@ def _measure(config: dict) -> dict:
     keras.utils.set_random_seed(1)
     size, batch = config["image_size"], config["batch"]
     backbone = build_backbone(config["backbone"], size, weights=None, seed=1)
-    model = PIPNet(backbone.model, num_classes=200, backbone_name=config["backbone"], seed=1)
+    model = PIPNet(backbone, num_classes=200, seed=1)
     model.build((None, size, size, 3))
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))

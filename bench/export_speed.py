@@ -114,7 +114,7 @@ def random_convnext(num_classes: int, seed: int = 0, layer_scale: float | None =
     from pipnet_tf.model import PIPNet
 
     backbone = build_backbone("convnext_tiny_26", 224, weights=None, seed=seed)
-    model = PIPNet(backbone.model, num_classes, backbone_name="convnext_tiny_26", seed=seed)
+    model = PIPNet(backbone, num_classes, seed=seed)
     model.build((None, 224, 224, 3))
     rng = np.random.default_rng(seed)
     kernel = np.zeros(model.classifier.kernel.shape, "float32")
@@ -202,13 +202,12 @@ def main(argv):
     rows = []
     if FLAGS.model:
         from export import data
-        from pipnet_tf.io import load_run
+        from pipnet_tf.runs import open_run
 
-        model, config = load_run(FLAGS.model)
-        image_size = int(config["image_size"])
-        heldout = data.heldout_images(config, FLAGS.num_parity_images)
-        calibration = data.calibration_images(config, 200)
-        rows += benchmark(f"{config.get('net', 'model')}_{image_size}", model, image_size,
+        run = open_run(FLAGS.model)
+        heldout = data.heldout_images(run.config, FLAGS.num_parity_images)
+        calibration = data.calibration_images(run.config, 200)
+        rows += benchmark(f"{run.config.net}_{run.image_size}", run.model, run.image_size,
                           out_dir, heldout, calibration)
     if FLAGS.convnext:
         model = random_convnext(FLAGS.num_classes, layer_scale=FLAGS.layer_scale or None)

@@ -22,45 +22,6 @@ import tensorflow as tf
 
 from pipnet_tf.backbones.cpu_fast_ops import portable_graphs
 
-PATCH_SIZE = 32  # SPEC §4: visual patch size in model-input pixels (at 224)
-SPECIAL_GRID = 26  # SPEC §4: the 26x26 grid has its own edge handling (offset 4)
-
-
-def patch_skip(image_size: int, grid: int, patch_size: int = PATCH_SIZE) -> int:
-    """skip = round((image_size − patch) / (grid − 1)) (SPEC §4); 0 for a 1-cell grid."""
-    if grid <= 1:
-        return 0
-    return int(np.round((image_size - patch_size) / (grid - 1)))
-
-
-def cell_bounds(image_size: int, grid: int, patch_size: int = PATCH_SIZE,
-                special_26: bool = False) -> np.ndarray:
-    """(grid, 2) int array of [min, max) pixel bounds, along one axis, of every latent
-    index in a square `image_size` model input.
-
-    Restates the reference's `get_img_coordinates` per axis. Its 26x26 branch compares
-    `softmaxes.shape[1]` (the prototype count in its NCHW layout) with 26, so it never
-    fires for D = 768; we apply it as intended (SPEC §4) to 26x26 latent grids.
-    """
-    skip = patch_skip(image_size, grid, patch_size)
-    bounds = np.zeros((grid, 2), np.int64)
-    for i in range(grid):
-        if special_26:
-            lo = max(0, (i - 1) * skip + 4)
-            if i == grid - 1:
-                lo -= 4
-            hi = lo + patch_size
-        else:
-            lo = i * skip
-            hi = min(image_size, i * skip + patch_size)
-        if i == grid - 1:
-            hi = image_size
-        if hi == image_size:
-            lo = image_size - patch_size
-        bounds[i] = (max(lo, 0), min(hi, image_size))
-    return bounds
-
-
 def kept_prototypes(model) -> np.ndarray:
     """Indices of prototypes with a non-zero scoring-sheet weight for some class."""
     effective = np.maximum(model.classifier.kernel.numpy(), 0.0)
@@ -74,27 +35,24 @@ class InferenceGraph:
         model: a built `pipnet_tf.model.PIPNet`.
         image_size: the square input size S the model was trained at.
         compact: drop prototypes whose weights are all zero from pooling and scoring.
-        patch_size: patch size of the image-space boxes (SPEC §4).
+
+    The image-space boxes are the backbone's own patch geometry
+    (`PIPNet.patch_geometry`), the same boxes the report and purity use.
     """
 
-    def __init__(self, model, image_size: int, compact: bool = False,
-                 patch_size: int = PATCH_SIZE):
+    def __init__(self, model, image_size: int, compact: bool = False):
         if int(image_size) <= 0:
             raise ValueError(f"`image_size` must be positive, received: {image_size}")
         self.model = model
         self.image_size = int(image_size)
         self.compact = bool(compact)
-        self.patch_size = int(patch_size)
         num_features = model.num_features
         self.prototype_ids = (kept_prototypes(model) if compact
                               else np.arange(num_features, dtype=np.int32))
         if compact and self.prototype_ids.size == 0:
             raise ValueError("--compact: every scoring-sheet weight is zero; nothing to keep.")
-        grid = model.backbone.compute_output_shape((None, self.image_size, self.image_size, 3))
-        self.grid = (int(grid[1]), int(grid[2]))
-        special = self.grid == (SPECIAL_GRID, SPECIAL_GRID)
-        self.row_bounds = cell_bounds(self.image_size, self.grid[0], self.patch_size, special)
-        self.col_bounds = cell_bounds(self.image_size, self.grid[1], self.patch_size, special)
+        self.geometry = model.patch_geometry(self.image_size)
+        self.grid = self.geometry.grid
 
     @property
     def num_prototypes(self) -> int:
@@ -103,10 +61,7 @@ class InferenceGraph:
 
     def metadata(self) -> dict:
         return {
-            "image_size": self.image_size,
-            "latent_grid": list(self.grid),
-            "patch_size": self.patch_size,
-            "skip": [patch_skip(self.image_size, g, self.patch_size) for g in self.grid],
+            **self.geometry.to_dict(),
             "presence_threshold": float(self.model.inference_threshold),
             "num_classes": int(self.model.num_classes),
             "num_prototypes": self.num_prototypes,
@@ -167,8 +122,8 @@ class InferenceGraph:
         index = tf.argmax(flat, axis=-1, output_type=tf.int32)  # (batch, D')
         rows, cols = index // grid_w, index % grid_w
         outputs["prototype_cell"] = tf.stack([rows, cols], axis=-1)
-        row_b = tf.gather(tf.constant(self.row_bounds, tf.float32), rows)  # (batch, D', 2)
-        col_b = tf.gather(tf.constant(self.col_bounds, tf.float32), cols)
+        row_b = tf.gather(tf.constant(self.geometry.bounds(0), tf.float32), rows)  # (b, D', 2)
+        col_b = tf.gather(tf.constant(self.geometry.bounds(1), tf.float32), cols)
         shape = tf.cast(tf.shape(images), tf.float32)
         scale_y = shape[1] / float(self.image_size)
         scale_x = shape[2] / float(self.image_size)

@@ -25,28 +25,26 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import tempfile
 from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from export.graph import InferenceGraph
-from pipnet_tf.io import CLASS_NAMES_FILE as RUN_CLASS_NAMES_FILE
-from pipnet_tf.io import atomic_write_text
+from pipnet_tf.cli import exit_on_user_error
+from pipnet_tf.io import atomic_output, atomic_write_text
+from pipnet_tf.model import float32_copy
+from pipnet_tf.runs import open_run
 
 IMAGES_SPEC = tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")
 CLASS_NAMES_FILE = "class_names.txt"
 PROTOTYPES_FILE = "prototypes.txt"
 METADATA_FILE = "metadata.json"
 MODELS_CONFIG = "models.config"
-
-
-def serving_function(model: keras.Model, image_size: int, compact: bool = False):
-    """The uint8 → {scores, predicted_class, abstained, presence} serving function."""
-    return InferenceGraph(model, image_size, compact=compact).predict
+VERIFY_TOLERANCE = 1e-4  # max |score difference| of the reloaded SavedModel (float32)
 
 
 def _write_assets(directory: pathlib.Path, graph: InferenceGraph,
@@ -80,28 +78,69 @@ def build_archive(graph: InferenceGraph, explain: bool = True,
     archive.add_endpoint("serving_default", graph.predict, input_signature=[images_spec])
     if explain:
         archive.add_endpoint("explain", graph.explain, input_signature=[images_spec])
-    # ExportArchive saves its `_tf_trackable` root: Asset objects attached there are copied
-    # into assets/ and recorded in the SavedModel (there is no public hook for files).
-    for i, path in enumerate(assets):
-        setattr(archive._tf_trackable, f"asset_{i}", tf.saved_model.Asset(str(path)))
+    attach_assets(archive, assets)
     return archive
 
 
-def export_saved_model(model: keras.Model, out_dir: str | os.PathLike, image_size: int,
-                       class_names: Sequence[str] | None = None, compact: bool = False,
-                       explain: bool = True) -> pathlib.Path:
-    """Writes a SavedModel with `serving_default` and `explain` signatures to `out_dir`.
+def attach_assets(archive: keras.export.ExportArchive, paths: Sequence[pathlib.Path]) -> None:
+    """Records `paths` as `tf.saved_model.Asset`s of the SavedModel `archive` writes: they
+    are copied into `assets/` and listed in the SavedModel.
 
-    Uses `keras.export.ExportArchive` (a plain `tf.saved_model.save` directory converts to
-    broken TFLite graphs, PLATFORM_NOTES).
+    Keras's public `ExportArchive.track()` keeps only variables and lookup tables, so there
+    is no public hook for files. ExportArchive saves its private `_tf_trackable` root, and
+    Asset objects attached there are saved with it. This is the one place that relies on
+    that; `tests/export_test.py::test_attach_assets_relies_on_keras_internals` fails when
+    Keras changes it.
     """
-    out_dir = pathlib.Path(out_dir)
-    graph = InferenceGraph(model, image_size, compact=compact)
-    with tempfile.TemporaryDirectory(prefix="pipnet_assets_") as tmp:
-        assets = _write_assets(pathlib.Path(tmp), graph, class_names)
-        build_archive(graph, explain=explain, assets=assets).write_out(str(out_dir),
-                                                                        verbose=False)
-    return out_dir
+    root = getattr(archive, "_tf_trackable", None)
+    if root is None:
+        raise RuntimeError("keras.export.ExportArchive has no `_tf_trackable` any more: "
+                           "pipnet-tf's asset workaround (export.saved_model.attach_assets) "
+                           "needs updating for this Keras version.")
+    for i, path in enumerate(paths):
+        setattr(root, f"asset_{i}", tf.saved_model.Asset(str(path)))
+
+
+class VerificationError(RuntimeError):
+    """The written SavedModel does not compute what the Keras model computes."""
+
+
+def export_saved_model(model: keras.Model, out_dir: str | os.PathLike,
+                       image_size: int | None = None, class_names: Sequence[str] | None = None,
+                       compact: bool = False, explain: bool = True, verify: bool = True,
+                       tolerance: float = VERIFY_TOLERANCE, replace: bool = True
+                       ) -> pathlib.Path:
+    """Writes a SavedModel with `serving_default` (and `explain`) signatures to `out_dir`.
+
+    The graph computes in float32 whatever precision the model trained in
+    (`pipnet_tf.model.float32_copy`). It is written to a hidden sibling of `out_dir`; with
+    `verify`, the written SavedModel is reloaded there and its scores are compared with
+    the float32 Keras model's (`verify_saved_model`), and only a SavedModel that passes is
+    renamed to `out_dir`. Uses `keras.export.ExportArchive` (a plain `tf.saved_model.save`
+    directory converts to broken TFLite graphs, PLATFORM_NOTES).
+
+    Raises:
+        VerificationError: the reloaded scores differ by more than `tolerance`; nothing
+            is left at `out_dir`.
+        FileExistsError: `out_dir` exists and `replace` is False.
+    """
+    served = float32_copy(model)
+    image_size = int(image_size or served.image_size)
+    graph = InferenceGraph(served, image_size, compact=compact)
+    with atomic_output(out_dir, directory=True, replace=replace) as tmp:
+        with tempfile.TemporaryDirectory(prefix="pipnet_assets_") as assets_dir:
+            assets = _write_assets(pathlib.Path(assets_dir), graph, class_names)
+            build_archive(graph, explain=explain, assets=assets).write_out(str(tmp),
+                                                                            verbose=False)
+        if verify:
+            diff = verify_saved_model(tmp, served, image_size)
+            if not diff <= tolerance:
+                raise VerificationError(
+                    f"the reloaded SavedModel's scores differ by {diff:.3g} (> {tolerance:g}) "
+                    f"from the float32 Keras model; nothing was written to {str(out_dir)!r}.")
+            logging.info("Reloaded SavedModel matches the float32 Keras scores (max diff "
+                         "%.2g).", diff)
+    return pathlib.Path(out_dir)
 
 
 # === TF Serving layout ===
@@ -140,32 +179,24 @@ def write_models_config(export_base: str | os.PathLike, serving_root: str = "/mo
     return path
 
 
-def export_for_serving(model: keras.Model, out: str | os.PathLike, image_size: int,
-                       class_names: Sequence[str] | None = None, compact: bool = False,
-                       serving_root: str = "/models") -> pathlib.Path:
+def export_for_serving(model: keras.Model, out: str | os.PathLike,
+                       image_size: int | None = None, class_names: Sequence[str] | None = None,
+                       compact: bool = False, serving_root: str = "/models",
+                       verify: bool = True) -> pathlib.Path:
     """Writes EXPORT_BASE/NAME/VERSION atomically and updates EXPORT_BASE/models.config.
 
-    The SavedModel is written to a hidden sibling and renamed into place, so a running
-    TF Serving never loads a half-written version. An existing version is never replaced.
+    The SavedModel is written and verified in a hidden sibling and only then renamed into
+    place, so a running TF Serving never loads a half-written or failed version; an
+    existing version is never replaced; `models.config` is rewritten only after success.
     """
-    export_base, name, version = split_serving_path(out)
-    out = pathlib.Path(out)
-    if out.exists():
+    export_base, _, _ = split_serving_path(out)
+    if pathlib.Path(out).exists():
         raise FileExistsError(f"{str(out)!r} already exists; TF Serving versions are "
                               "immutable, use a new version number.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{version}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    try:
-        export_saved_model(model, partial, image_size, class_names=class_names,
-                           compact=compact)
-        os.replace(partial, out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
+    path = export_saved_model(model, out, image_size, class_names=class_names,
+                              compact=compact, verify=verify, replace=False)
     write_models_config(export_base, serving_root)
-    return out
+    return path
 
 
 def verify_saved_model(path: str | os.PathLike, model: keras.Model, image_size: int,
@@ -173,35 +204,22 @@ def verify_saved_model(path: str | os.PathLike, model: keras.Model, image_size: 
     """Max |scores difference| of the reloaded `serving_default` vs the Keras model."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (num_images, image_size, image_size, 3), dtype=np.uint8)
-    served = tf.saved_model.load(str(path)).signatures["serving_default"]
-    got = served(images=tf.constant(images))["scores"].numpy()
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    got = signature(images=tf.constant(images))["scores"].numpy()
     expected = model(images.astype("float32"), training=False)["scores"].numpy()
     return float(np.abs(got - expected).max())
 
 
+@exit_on_user_error("export.saved_model", (VerificationError,))
 def main(argv):
     del argv
-    from absl import flags, logging
-
-    from pipnet_tf.io import load_run, run_image_size
+    from absl import flags
 
     FLAGS = flags.FLAGS
-    run_dir = pathlib.Path(FLAGS.model)
-    model, config = load_run(run_dir)
-    image_size = run_image_size(config, run_dir)
-    names_file = run_dir / RUN_CLASS_NAMES_FILE
-    class_names = names_file.read_text().splitlines() if names_file.is_file() else None
-    try:
-        path = export_for_serving(model, FLAGS.out, image_size, class_names=class_names,
-                                  compact=FLAGS.compact, serving_root=FLAGS.serving_root)
-    except (ValueError, FileExistsError) as e:
-        raise SystemExit(f"export.saved_model: {e}") from None
-    if FLAGS.verify:
-        diff = verify_saved_model(path, model, image_size)
-        if diff > 1e-4:
-            raise SystemExit(f"export.saved_model: reloaded scores differ by {diff:.3g} "
-                             f"(> 1e-4) from the Keras model; do not serve {path}.")
-        logging.info("Reloaded SavedModel matches the Keras scores (max diff %.2g).", diff)
+    run = open_run(FLAGS.model)
+    path = export_for_serving(run.model, FLAGS.out, run.image_size, class_names=run.class_names,
+                              compact=FLAGS.compact, serving_root=FLAGS.serving_root,
+                              verify=FLAGS.verify)
     logging.info("Wrote SavedModel to %s and %s", path,
                  split_serving_path(path)[0] / MODELS_CONFIG)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import pathlib
 import tempfile
@@ -41,7 +40,10 @@ import tensorflow as tf
 from export.graph import InferenceGraph
 from export.saved_model import build_archive
 from pipnet_tf.backbones.cpu_fast_ops import depthwise_tap_limit
-from pipnet_tf.io import atomic_write_bytes
+from pipnet_tf.cli import exit_on_user_error
+from pipnet_tf.io import atomic_write_bytes, write_json
+from pipnet_tf.model import float32_copy
+from pipnet_tf.runs import open_run
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # Max |score difference| / max(1, max |Keras score|) allowed for the unquantised modes.
@@ -196,6 +198,7 @@ def export_tflite(model: keras.Model, out: str | os.PathLike, image_size: int,
     Always writes the figures to `out` with suffix `.json`. Raises `ParityError` (and
     writes no model file) when the gate fails. Returns the figures.
     """
+    model = float32_copy(model)  # TFLite has no bfloat16; compare float32 with float32
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pipnet_tflite_") as tmp:
@@ -217,7 +220,7 @@ def export_tflite(model: keras.Model, out: str | os.PathLike, image_size: int,
         tflite=str(out) if not problems else None,
     )
     report = out.with_suffix(".json")
-    report.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(report, figures)
     if problems:
         raise ParityError(f"{quantization} TFLite model failed the parity gate on "
                           f"{figures['num_images']} held-out images: " + "; ".join(problems)
@@ -226,30 +229,26 @@ def export_tflite(model: keras.Model, out: str | os.PathLike, image_size: int,
     return figures
 
 
+@exit_on_user_error("export.tflite", (ParityError,))
 def main(argv):
     del argv
     from absl import flags, logging
 
     from export import data
-    from pipnet_tf.io import load_run, run_image_size
 
     FLAGS = flags.FLAGS
-    run_dir = pathlib.Path(FLAGS.model)
-    model, config = load_run(run_dir)
-    image_size = run_image_size(config, run_dir)
+    run = open_run(FLAGS.model)
     suffix = "_compact" if FLAGS.compact else ""
-    out = pathlib.Path(FLAGS.out or run_dir / "tflite" / f"pipnet_{FLAGS.quantize}{suffix}.tflite")
-    heldout = data.heldout_images(config, FLAGS.num_parity_images)
-    representative = (data.calibration_images(config, FLAGS.num_calibration_images)
+    out = pathlib.Path(FLAGS.out or run.run_dir / "tflite" /
+                       f"pipnet_{FLAGS.quantize}{suffix}.tflite")
+    heldout = data.heldout_images(run.config, FLAGS.num_parity_images)
+    representative = (data.calibration_images(run.config, FLAGS.num_calibration_images)
                       if FLAGS.quantize == "int8" else None)
     gate = ParityGate(FLAGS.tolerance, FLAGS.min_top1_agreement,
                       FLAGS.max_abstention_disagreement)
-    try:
-        figures = export_tflite(model, out, image_size, FLAGS.quantize, heldout,
-                                representative, gate, compact=FLAGS.compact,
-                                saved_model_dir=FLAGS.saved_model)
-    except ParityError as e:
-        raise SystemExit(f"export.tflite: {e}") from None
+    figures = export_tflite(run.model, out, run.image_size, FLAGS.quantize, heldout,
+                            representative, gate, compact=FLAGS.compact,
+                            saved_model_dir=FLAGS.saved_model)
     logging.info("Wrote %s (%d bytes): max |score diff| %.3g, top-1 agreement %.4f, "
                  "abstention disagreement %.4f on %d held-out images.", out,
                  figures["file_bytes"], figures["max_abs_score_diff"],

@@ -11,13 +11,12 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 
 import keras
 import numpy as np
 from absl import logging
 
-from pipnet_tf.io import atomic_write_text
+from pipnet_tf.io import atomic_output, atomic_write_text, remove_stale_partials
 
 LATEST = "latest"
 _PREFIX = "epoch-"
@@ -36,17 +35,10 @@ class CheckpointManager:
         """Writes the checkpoint after global (1-based) `epoch` completed epochs."""
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"{_PREFIX}{epoch:04d}"
-        tmp = pathlib.Path(tempfile.mkdtemp(dir=self.directory, prefix=f".tmp-{epoch:04d}-"))
-        try:
+        with atomic_output(final, directory=True) as tmp:
             model.save_weights(str(tmp / "model.weights.h5"))
             np.savez(tmp / "optimizer.npz", *[np.asarray(v.numpy()) for v in optimizer_variables])
             (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch}, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         atomic_write_text(self.directory / LATEST, final.name + "\n")
         self._prune()
         logging.info("Saved checkpoint %s", final)
@@ -62,8 +54,8 @@ class CheckpointManager:
     def _prune(self) -> None:
         for old in self._complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for tmp in self.directory.glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for old in self._complete():
+            remove_stale_partials(old)
 
     def latest(self) -> pathlib.Path | None:
         """The newest complete checkpoint, or None."""

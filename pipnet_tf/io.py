@@ -1,59 +1,103 @@
-"""Reading a finished training run directory (model.keras + config.json)."""
+"""Writing files and directories so that nothing half-written is ever seen.
+
+`atomic_output(final)` yields a hidden temporary path next to `final` (a file or a
+directory the caller fills) and renames it into place only when the block finishes
+without an error; on an error it is removed. A rename within one directory is atomic on
+POSIX, so readers see either the old `final` or the complete new one. Temporary names
+carry the host and process id (`.NAME.partial-HOST-PID-RANDOM`), so
+`remove_stale_partials` can clean up after writers that were killed. Files get the usual
+umask-respecting mode (0644 with the common umask 022), not `mkstemp`'s 0600.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
-import tempfile
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
 
-import keras
+from absl import logging
 
-import pipnet_tf.model  # noqa: F401  (registers the custom layers)
-
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-CLASS_NAMES_FILE = "class_names.txt"
-
-
-def load_run(run_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
-    """Loads the final model and the resolved configuration of a run directory."""
-    run_dir = pathlib.Path(run_dir)
-    model_path = run_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise FileNotFoundError(
-            f"No {MODEL_FILE} in run directory {str(run_dir)!r}: pass the --log_dir of a "
-            "finished `python -m trainers.run`."
-        )
-    config_path = run_dir / CONFIG_FILE
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return keras.saving.load_model(str(model_path)), config
+PARTIAL = ".partial-"
 
 
-def run_image_size(config: dict, run_dir: str | os.PathLike) -> int:
-    """The model input size recorded in a run's config.json (SystemExit when missing)."""
-    if "image_size" not in config:
-        raise SystemExit(f"{pathlib.Path(run_dir) / CONFIG_FILE} has no image_size.")
-    return int(config["image_size"])
+def _partial_prefix(final: pathlib.Path) -> str:
+    return f".{final.name}{PARTIAL}"
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | os.PathLike, directory: bool = False,
+                  replace: bool = True) -> Iterator[pathlib.Path]:
+    """Yields a temporary path that becomes `final` when the block succeeds.
+
+    Args:
+        final: the path to (re)place.
+        directory: the temporary path is created as an empty directory (else the caller
+            creates the file).
+        replace: an existing `final` is replaced (a directory is removed first); with
+            False, `FileExistsError` is raised before anything is written.
+    """
+    final = pathlib.Path(final)
+    if not replace and final.exists():
+        raise FileExistsError(f"{str(final)!r} already exists.")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / (f"{_partial_prefix(final)}{socket.gethostname()}-{os.getpid()}-"
+                          f"{secrets.token_hex(4)}")
+    if directory:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if directory and final.is_dir():
+            if not replace:
+                raise FileExistsError(f"{str(final)!r} already exists.")
+            shutil.rmtree(final)
+        elif not replace and final.exists():
+            raise FileExistsError(f"{str(final)!r} already exists.")
+        os.replace(tmp, final)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_partials(final: str | os.PathLike) -> None:
+    """Deletes temporary siblings of `final` left by dead writers on this host; those of
+    running processes and of other hosts are left alone."""
+    final = pathlib.Path(final)
+    prefix = _partial_prefix(final)
+    if not final.parent.is_dir():
+        return
+    for path in final.parent.glob(prefix + "*"):
+        owner = path.name[len(prefix):].rsplit("-", 2)  # host, pid, random suffix
+        if len(owner) != 3 or owner[0] != socket.gethostname() or not owner[1].isdigit():
+            continue
+        try:
+            os.kill(int(owner[1]), 0)  # raises ProcessLookupError when the writer is gone
+        except ProcessLookupError:
+            logging.info("Removing %s, left by a killed writer", path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Writes `data` to `path` atomically (flushed to disk before the rename)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes UTF-8 `text` to `path` through a temporary file and an atomic rename."""
+    """Writes UTF-8 `text` to `path` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-NONZERO = 1e-3  # weights / contributions at or below this count as zero (reference)
+# Weights and contributions at or below this count as zero: global and local size,
+# sparsity, the scoring sheet, pruning and the report's relevant prototypes (the
+# reference's `eval_pipnet` and `visualize_topk`). Purity has its own, smaller threshold
+# (`purity.PURITY_MIN_WEIGHT`), as the reference's purity code does.
+NONZERO = 1e-3
 
 
 def effective_weights(kernel: np.ndarray) -> np.ndarray:
@@ -30,9 +34,14 @@ def abstained(scores: np.ndarray) -> np.ndarray:
     return np.max(scores, axis=1) <= 0.0
 
 
+def relevant_prototypes(kernel: np.ndarray, min_weight: float = NONZERO) -> np.ndarray:
+    """Prototype ids whose largest class weight exceeds `min_weight`; kernel (D, K)."""
+    return np.flatnonzero(np.max(effective_weights(kernel), axis=1) > min_weight)
+
+
 def global_size(kernel: np.ndarray) -> int:
     """Prototypes with any class weight > 1e-3."""
-    return int(np.sum(np.max(effective_weights(kernel), axis=1) > NONZERO))
+    return int(len(relevant_prototypes(kernel)))
 
 
 def sparsity_ratio(kernel: np.ndarray) -> float:

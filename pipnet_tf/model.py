@@ -12,7 +12,7 @@ Image Classification", CVPR 2023.
 
 Example:
     >>> from pipnet_tf.backbones import build_backbone
-    >>> net = PIPNet(build_backbone("tiny_cnn", 64).model, num_classes=3, backbone_name="tiny_cnn")
+    >>> net = PIPNet(build_backbone("tiny_cnn", 64), num_classes=3)
     >>> out = net(np.zeros((2, 64, 64, 3), "float32"))
     >>> out["scores"].shape
     TensorShape([2, 3])
@@ -25,7 +25,9 @@ import keras
 import tensorflow as tf
 
 from pipnet_tf import losses as pipnet_losses
+from pipnet_tf.backbones import Backbone, build_backbone
 from pipnet_tf.layers import NonNegativeLinear, PrototypeActivation, PrototypePooling
+from pipnet_tf.patch_geometry import REFERENCE_RULE, PatchGeometry
 
 PRESENCE_THRESHOLD = 0.1  # inference: presence below this is ignored (SPEC §1)
 LOSS_NAMES = ("L_A", "L_T", "L_C")
@@ -45,12 +47,13 @@ class PIPNet(keras.Model):
     """PIP-Net classifier.
 
     Args:
-        backbone: a `keras.Model` mapping (batch, S, S, 3) 0..255 RGB images to
-            (batch, H, W, C) features (see `pipnet_tf.backbones`).
+        backbone: a `pipnet_tf.backbones.Backbone` (or any `keras.Model`) mapping
+            (batch, S, S, 3) 0..255 RGB images to (batch, H, W, C) features. A `Backbone`
+            brings its layer groups and patch geometry; a plain model is one "backbone"
+            group with the reference patch geometry.
         num_classes: K.
         num_prototypes: 0 (default, as recommended by the authors) uses the C backbone
             channels as prototypes; > 0 adds a 1x1 conv add-on with that many outputs.
-        backbone_name: registry name of the backbone, used to recover its layer groups.
         use_bias: non-negative bias in the scoring sheet (reference `--bias`).
         shrink: per-step shrinkage of the scoring sheet in the second phase (1e-3).
         inference_threshold: presence below it is zeroed in inference mode (0.1).
@@ -62,7 +65,6 @@ class PIPNet(keras.Model):
         backbone: keras.Model,
         num_classes: int,
         num_prototypes: int = 0,
-        backbone_name: str | None = None,
         use_bias: bool = False,
         shrink: float = 1e-3,
         inference_threshold: float = PRESENCE_THRESHOLD,
@@ -77,23 +79,27 @@ class PIPNet(keras.Model):
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.num_prototypes = int(num_prototypes)
-        self.backbone_name = backbone_name
         self.use_bias = bool(use_bias)
         self.shrink = float(shrink)
         self.inference_threshold = float(inference_threshold)
         self.seed = seed
+        # Distinct seeds for the two initialised head layers (an integer-seeded Keras
+        # initializer returns the same values on every call).
+        add_on_seed, classifier_seed = (None, None) if seed is None else (
+            int(seed) * 1000 + 901, int(seed) * 1000 + 902)
         self.add_on = None
         if self.num_prototypes:
             self.add_on = keras.layers.Conv2D(
                 self.num_prototypes,
                 1,
-                kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+                kernel_initializer=keras.initializers.GlorotUniform(seed=add_on_seed),
                 name="add_on",
             )
         self.prototype_activation = PrototypeActivation(name="prototype_activation", dtype="float32")
         self.prototype_pooling = PrototypePooling(name="prototype_pooling", dtype="float32")
         self.classifier = NonNegativeLinear(
-            self.num_classes, use_bias=use_bias, shrink=shrink, seed=seed, name="classifier",
+            self.num_classes, use_bias=use_bias, shrink=shrink, seed=classifier_seed,
+            name="classifier",
             dtype="float32",
         )
         self._trackers = {
@@ -139,6 +145,20 @@ class PIPNet(keras.Model):
         scores = self.classifier(presence)
         return {"proto_features": proto_features, "presence": presence, "scores": scores}
 
+    @property
+    def image_size(self) -> int | None:
+        """The square input size S the backbone was built for."""
+        return self.backbone.input_shape[1]
+
+    def patch_geometry(self, image_size: int | None = None) -> PatchGeometry:
+        """Pixel box of every latent cell at `image_size` (default: the built size), as the
+        backbone declares it (the reference rule for a plain `keras.Model` backbone)."""
+        if isinstance(self.backbone, Backbone):
+            return self.backbone.patch_geometry(image_size)
+        size = int(image_size or self.image_size)
+        shape = self.backbone.compute_output_shape((None, size, size, 3))
+        return REFERENCE_RULE.geometry(size, (int(shape[1]), int(shape[2])))
+
     def threshold_presence(self, presence: tf.Tensor) -> tf.Tensor:
         """Zeroes presence scores strictly below the inference threshold; (batch, D)."""
         return tf.where(presence < self.inference_threshold, tf.zeros_like(presence), presence)
@@ -147,13 +167,11 @@ class PIPNet(keras.Model):
     def layer_groups(self) -> dict[str, list[keras.layers.Layer]]:
         """Backbone groups ("backbone", "freeze", "train", "never") plus "add_on" and
         "classifier": every layer with weights is in exactly one group."""
-        from pipnet_tf.backbones import backbone_groups
-
-        if self.backbone_name is None:
+        if isinstance(self.backbone, Backbone):
+            groups = self.backbone.layer_groups
+        else:
             groups = {"backbone": [layer for layer in self.backbone.layers if layer.weights]}
             groups.update(freeze=[], train=[], never=[])
-        else:
-            groups = backbone_groups(self.backbone_name, self.backbone)
         groups["add_on"] = [self.add_on] if self.add_on is not None else []
         groups["classifier"] = [self.classifier]
         return groups
@@ -312,8 +330,33 @@ class PIPNet(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def predict_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
-        return self(images, training=False)
+        """One batch of `predict` (images, or (images, labels)): the inference outputs
+        that evaluation and explanations need, without the (batch, H, W, D) maps.
+
+        Returns:
+            scores (batch, K) and presence (batch, D) with the inference threshold;
+            scores_raw, presence_raw without it (the reference's `inference=False`);
+            locations int32 (batch, D): row-major latent cell where each prototype was
+            highest; labels (batch,) when the data has them.
+        """
+        images, labels = data, None
+        if isinstance(data, (tuple, list)):
+            images, labels = data[0], (data[1] if len(data) > 1 else None)
+        out = self(images, training=False, apply_threshold=False)
+        features = out["proto_features"]
+        shape = tf.shape(features)
+        flat = tf.reshape(features, (shape[0], shape[1] * shape[2], shape[3]))
+        presence = self.threshold_presence(out["presence"])
+        result = {
+            "scores": self.classifier(presence),
+            "presence": presence,
+            "scores_raw": out["scores"],
+            "presence_raw": out["presence"],
+            "locations": tf.cast(tf.argmax(flat, axis=1), tf.int32),
+        }
+        if labels is not None:
+            result["labels"] = labels
+        return result
 
     # === Config ===
     def get_compile_config(self):
@@ -327,7 +370,6 @@ class PIPNet(keras.Model):
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "num_prototypes": self.num_prototypes,
-            "backbone_name": self.backbone_name,
             "use_bias": self.use_bias,
             "shrink": self.shrink,
             "inference_threshold": self.inference_threshold,
@@ -337,5 +379,33 @@ class PIPNet(keras.Model):
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        backbone = keras.saving.deserialize_keras_object(config["backbone"])
+        legacy_name = config.pop("backbone_name", None)
+        if legacy_name is not None and not isinstance(backbone, Backbone):
+            # A model saved before backbones were `Backbone` models (pipnet-tf <= 0.1
+            # sessions 1-4): the same layers under the same names, rebuilt as the
+            # registered class so that groups and geometry are known again.
+            backbone = build_backbone(legacy_name, backbone.input_shape[1], weights=None)
+        config["backbone"] = backbone
         return cls(**config)
+
+
+def float32_copy(model: PIPNet) -> PIPNet:
+    """`model` computing in float32 throughout (the same weights, cast); `model` itself when
+    it already does. Used to serve and to check exports of mixed-precision runs: TFLite has
+    no bfloat16, and a float32 graph is compared against a float32 Keras model."""
+    if all(v.dtype == "float32" for v in model.weights) and all(
+            layer.compute_dtype == "float32" for layer in model.backbone.layers):
+        return model
+    config = model.get_config()
+    if isinstance(model.backbone, Backbone):
+        config["backbone"]["config"]["dtype"] = "float32"
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = PIPNet.from_config(config)
+        copy.build((None, model.image_size, model.image_size, 3))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights([tf.cast(w, "float32").numpy() for w in model.get_weights()])
+    return copy

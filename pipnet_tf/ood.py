@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
@@ -24,7 +23,7 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     sorted."""
     root = pathlib.Path(folder).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"OoD image folder {str(root)!r} does not exist")
+        raise FileNotFoundError(f"Image folder {str(root)!r} does not exist")
     files = sorted(str(p) for p in root.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
@@ -113,14 +112,3 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| {report['id_name']} | {name} | {row['num_images']} | "
                      f"{100 * row['accepted']:.1f}% |")
     return "\n".join(lines)
-
-
-def folder_sources(specs: Sequence[str]) -> dict[str, list[str]]:
-    """OoD source specs → {name: image files}."""
-    sources = {}
-    for spec in specs:
-        name, path = parse_source(spec)
-        if name in sources:
-            raise ValueError(f"Two OoD sources are named {name!r}; use NAME=folder:PATH")
-        sources[name] = list_images(path)
-    return sources

@@ -1,11 +1,13 @@
 """Prototype purity w.r.t. object-part annotations (paper Table 3, reference
 `util/eval_cub_csv.py`).
 
-For every relevant prototype (max class weight > 1e-5, as the reference's purity code) a set
-of patches is taken: its top-10 images by (unthresholded) presence, or every image with
-presence > 0.5 (the "thresholded" variant). Each patch is the `patch_box` of the latent cell
-where the prototype was highest. A part "is in" a patch when its annotated centre (visible
-parts only, mapped through the eval resize) lies inside the box, bounds inclusive. Left/right
+For every relevant prototype (max class weight > `PURITY_MIN_WEIGHT` = 1e-5, as the
+reference's purity code; smaller than the 1e-3 of `metrics.NONZERO` that the reference
+uses everywhere else) a set of patches is taken: its top-10 images by (unthresholded)
+presence, or every image with presence > 0.5 (the "thresholded" variant). Each patch is
+the box (`pipnet_tf.patch_geometry`) of the latent cell where the prototype was highest.
+A part "is in" a patch when its annotated centre (visible parts only, in model-input
+pixels: `ImageSet.part_locs`) lies inside the box, bounds inclusive. Left/right
 variants ("left eye", "right eye") are merged into one part that is in the patch when either
 visible variant is (that is, the nearest variant is taken). For each prototype and part, the
 purity is the fraction of the prototype's patches showing that part among the patches whose
@@ -19,9 +21,9 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 
-from pipnet_tf.explain.patches import location_box, patch_geometry
+from pipnet_tf import metrics
+from pipnet_tf.patch_geometry import PatchGeometry
 
 PURITY_MIN_WEIGHT = 1e-5  # reference get_topk_cub / get_proto_patches_cub
 TOP_K = 10
@@ -41,25 +43,6 @@ def merged_part_groups(part_names: Sequence[str]) -> list[tuple[str, list[int]]]
         key = re.sub(r"[\s_]+", " ", key).strip() or name
         groups.setdefault(key, []).append(index)
     return list(groups.items())
-
-
-def image_sizes(paths: Sequence[str]) -> np.ndarray:
-    """(N, 2) float (width, height) of image files (reads headers only)."""
-    sizes = np.zeros((len(paths), 2), np.float64)
-    for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            sizes[i] = image.size
-    return sizes
-
-
-def resize_part_locs(part_locs: np.ndarray, sizes: np.ndarray, image_size: int) -> np.ndarray:
-    """Maps (N, P, 3) x, y, visible part centres through the eval resize to
-    image_size x image_size pixels (the reference instead scales the patch up: same test)."""
-    locs = np.array(part_locs, np.float64, copy=True)
-    sizes = np.asarray(sizes, np.float64)
-    locs[..., 0] *= image_size / sizes[:, None, 0]
-    locs[..., 1] *= image_size / sizes[:, None, 1]
-    return locs
 
 
 def centre_patch(box: Box, patch: int) -> Box:
@@ -114,17 +97,12 @@ def prototype_purity(patches: Sequence[tuple[int, Box]], locs: np.ndarray,
     }
 
 
-def relevant_prototypes(kernel: np.ndarray, min_weight: float = PURITY_MIN_WEIGHT) -> np.ndarray:
-    """Prototype ids whose largest class weight exceeds `min_weight`; kernel (D, K)."""
-    return np.flatnonzero(np.max(np.maximum(np.asarray(kernel), 0.0), axis=1) > min_weight)
-
-
 def topk_images(presence: np.ndarray, prototype: int, k: int = TOP_K) -> np.ndarray:
     """Indices of the k images with the highest presence of `prototype` (ties: first image)."""
     return np.argsort(-presence[:, prototype], kind="stable")[:k]
 
 
-def prototype_patches(presence: np.ndarray, locations: np.ndarray, latent_hw, image_size: int,
+def prototype_patches(presence: np.ndarray, locations: np.ndarray, geometry: PatchGeometry,
                       prototypes: Sequence[int], k: int = TOP_K,
                       threshold: float | None = None) -> dict[int, list[tuple[int, Box]]]:
     """Patches per prototype: its top-`k` images, or, when `threshold` is given, all images
@@ -136,7 +114,7 @@ def prototype_patches(presence: np.ndarray, locations: np.ndarray, latent_hw, im
             images = topk_images(presence, p, k)
         else:
             images = np.flatnonzero(presence[:, p] > threshold)
-        result[int(p)] = [(int(i), location_box(image_size, latent_hw, locations[i, p]))
+        result[int(p)] = [(int(i), geometry.location_box(locations[i, p]))
                           for i in images]
     return result
 
@@ -169,27 +147,25 @@ def purity_summary(patches: dict[int, list[tuple[int, Box]]], locs: np.ndarray,
 
 
 def evaluate_purity(outputs: dict, kernel: np.ndarray, part_locs: np.ndarray,
-                    part_names: Sequence[str], sizes: np.ndarray, k: int = TOP_K,
+                    part_names: Sequence[str], geometry: PatchGeometry, k: int = TOP_K,
                     threshold: float = PRESENCE_THRESHOLD,
                     min_weight: float = PURITY_MIN_WEIGHT) -> dict:
     """Both purity variants for one image set.
 
     Args:
         outputs: `collect_prototype_outputs` of the images (uses presence_raw, locations).
-        kernel: (D, K) scoring sheet. part_locs: (N, P, 3) x, y, visible in original pixels.
-        sizes: (N, 2) original (width, height). part_names: P names.
+        kernel: (D, K) scoring sheet.
+        part_locs: (N, P, 3) x, y, visible in model-input pixels (`ImageSet.part_locs`).
+        part_names: P names.
+        geometry: the patch geometry the boxes are judged with.
     """
-    image_size = int(outputs["image_size"])
-    latent_hw = tuple(int(v) for v in outputs["latent_hw"])
-    patch, _ = patch_geometry(image_size, latent_hw[1])
-    locs = resize_part_locs(part_locs, sizes, image_size)
-    protos = relevant_prototypes(kernel, min_weight)
+    protos = metrics.relevant_prototypes(kernel, min_weight)
     presence, locations = outputs["presence_raw"], outputs["locations"]
-    topk = prototype_patches(presence, locations, latent_hw, image_size, protos, k=k)
-    thresholded = prototype_patches(presence, locations, latent_hw, image_size, protos,
-                                    threshold=threshold)
+    topk = prototype_patches(presence, locations, geometry, protos, k=k)
+    thresholded = prototype_patches(presence, locations, geometry, protos, threshold=threshold)
+    patch = geometry.patch_size
     return {
         "patch_size": patch,
-        f"top{k}": purity_summary(topk, locs, part_names, patch),
-        f"presence_gt_{threshold:g}": purity_summary(thresholded, locs, part_names, patch),
+        f"top{k}": purity_summary(topk, part_locs, part_names, patch),
+        f"presence_gt_{threshold:g}": purity_summary(thresholded, part_locs, part_names, patch),
     }

@@ -6,6 +6,7 @@ ResNets S/8 (28).
 """
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.error
@@ -17,13 +18,7 @@ import pytest
 import tensorflow as tf
 
 from pipnet_tf import phases
-from pipnet_tf.backbones import (
-    GROUP_NAMES,
-    backbone_groups,
-    build_backbone,
-    convnext,
-    resnet,
-)
+from pipnet_tf.backbones import GROUP_NAMES, Backbone, build_backbone, convnext, resnet
 from pipnet_tf.backbones import weights as backbone_weights
 from pipnet_tf.model import PIPNet
 
@@ -53,14 +48,15 @@ def test_shapes_and_groups(name):
     backbone = build_backbone(name, SIZE, weights=None, seed=1)
     grid, channels = LATENT[name]
     assert grid(224) == {"convnext_tiny_26": 26, "convnext_tiny_13": 13}.get(name, 28)
-    out = backbone.model(_images())
+    out = backbone(_images())
     assert tuple(out.shape) == (2, grid(SIZE), grid(SIZE), channels)
-    assert backbone.out_channels == channels
+    assert isinstance(backbone, Backbone) and backbone.image_size == SIZE
+    assert backbone.grid() == (grid(SIZE), grid(SIZE))
 
-    groups = backbone.groups
+    groups = backbone.layer_groups
     assert set(groups) == set(GROUP_NAMES)
     members = [id(layer) for layers in groups.values() for layer in layers]
-    assert sorted(members) == sorted(id(layer) for layer in _weighted(backbone.model))
+    assert sorted(members) == sorted(id(layer) for layer in _weighted(backbone))
     names = {g: {layer.name for layer in layers} for g, layers in groups.items()}
     if name.startswith("convnext"):
         assert names["train"] == {f"convnext_tiny_stage_3_block_2_{s}" for s in (
@@ -72,10 +68,10 @@ def test_shapes_and_groups(name):
         assert {"convnext_tiny_stem_conv", "convnext_tiny_downsampling_conv_1"} <= names["backbone"]
         assert names["never"] == set()
         assert sum(isinstance(layer, keras.layers.DepthwiseConv2D)
-                   for layer in backbone.model.layers) == 18
-        assert not any(getattr(layer, "groups", 1) > 1 for layer in backbone.model.layers)
+                   for layer in backbone.layers) == 18
+        assert not any(getattr(layer, "groups", 1) > 1 for layer in backbone.layers)
         expected = [2, 1, 1] if name == "convnext_tiny_26" else [2, 2, 1]
-        assert [backbone.model.get_layer(f"convnext_tiny_downsampling_conv_{i}").strides[0]
+        assert [backbone.get_layer(f"convnext_tiny_downsampling_conv_{i}").strides[0]
                 for i in range(3)] == expected
     else:
         assert all(n.startswith("conv5_block3_") for n in names["train"]) and names["train"]
@@ -86,12 +82,12 @@ def test_shapes_and_groups(name):
         assert all(n.startswith(("conv1_", "conv2_")) for n in names["never"])
         strided = ("conv1_conv", "conv3_block1_0_conv", "conv3_block1_1_conv", "conv4_block1_0_conv",
                    "conv4_block1_1_conv", "conv5_block1_0_conv", "conv5_block1_1_conv")
-        assert [backbone.model.get_layer(n).strides[0] for n in strided] == [2, 2, 2, 1, 1, 1, 1]
+        assert [backbone.get_layer(n).strides[0] for n in strided] == [2, 2, 2, 1, 1, 1, 1]
 
 
 def test_convnext_tiny_26_at_224():
     backbone = build_backbone("convnext_tiny_26", 224, weights=None, seed=1)
-    assert tuple(backbone.model(_images(1, 224)).shape) == (1, 26, 26, 768)
+    assert tuple(backbone(_images(1, 224)).shape) == (1, 26, 26, 768)
 
 
 def test_depthwise_equals_grouped_conv():
@@ -114,13 +110,13 @@ def test_same_function_as_keras_applications():
     images = _images()
     reference = keras.applications.ConvNeXtTiny(include_top=False, weights=None,
                                                 input_shape=(None, None, 3))
-    ours = convnext.build_convnext_tiny(SIZE, None, "convnext")
+    ours = convnext.ConvNeXtBackbone(SIZE, stride_one_above=None)
     backbone_weights.copy_weights_by_name(reference, ours)
     before_final_norm = keras.Model(reference.input, reference.layers[-1].input)
     np.testing.assert_allclose(ours(images), before_final_norm(images), atol=1e-4, rtol=1e-5)
 
     reference = keras.applications.ResNet50(include_top=False, weights=None)
-    ours = resnet.build_resnet(SIZE, (3, 4, 6, 3), "resnet", strides=(1, 2, 2, 2))
+    ours = resnet.ResNetBackbone(SIZE, (3, 4, 6, 3), strides=(1, 2, 2, 2))
     backbone_weights.copy_weights_by_name(reference, ours)
     expected = reference(keras.applications.resnet50.preprocess_input(images.copy()))
     np.testing.assert_allclose(ours(images), expected, atol=1e-4, rtol=1e-5)
@@ -138,7 +134,7 @@ def test_load_weights_of_unmodified_application(name, application, tmp_path):
                            .astype("float32") for w in layer.get_weights()])
     path = tmp_path / "application.weights.h5"
     source.save_weights(path)
-    model = build_backbone(name, SIZE, weights=str(path)).model
+    model = build_backbone(name, SIZE, weights=str(path))
     _assert_same_weights(model, source, reshaped=18 if name.startswith("convnext") else 0)
     if name.startswith("resnet"):  # the legacy .h5 layout of keras.applications' downloads
         import h5py
@@ -147,11 +143,11 @@ def test_load_weights_of_unmodified_application(name, application, tmp_path):
         path = tmp_path / "application_notop.h5"
         with h5py.File(path, "w") as f:
             legacy_h5_format.save_weights_to_hdf5_group(f, source)
-        _assert_same_weights(build_backbone(name, SIZE, weights=str(path)).model, source, 0)
+        _assert_same_weights(build_backbone(name, SIZE, weights=str(path)), source, 0)
         # A file saved from our own (stride-modified) backbone loads too.
         path = tmp_path / "own.weights.h5"
         model.save_weights(path)
-        _assert_same_weights(build_backbone(name, SIZE, weights=str(path)).model, source, 0)
+        _assert_same_weights(build_backbone(name, SIZE, weights=str(path)), source, 0)
 
 
 def _assert_same_weights(model, source, reshaped):
@@ -217,7 +213,7 @@ def _trainable_backbone_layers(model: PIPNet) -> set[str]:
 def test_phase_plan_trainable_variables(name):
     """SPEC §3: pretrain → freeze+train groups; finetune → classifier only; frozen →
     freeze+train groups + classifier; full → whole backbone (ResNet: not conv1/conv2)."""
-    model = PIPNet(build_backbone(name, SIZE, None).model, num_classes=3, backbone_name=name)
+    model = PIPNet(build_backbone(name, SIZE, None), num_classes=3)
     model.build((None, SIZE, SIZE, 3))
     all_layers = {layer.name for layer in _weighted(model.backbone)}
     if name.startswith("convnext"):
@@ -244,8 +240,8 @@ def test_mixed_bfloat16():
     try:
         for name in ("convnext_tiny_13", "resnet50"):
             backbone = build_backbone(name, SIZE, None, seed=1)
-            assert backbone.model.output.dtype == "bfloat16"
-            model = PIPNet(backbone.model, num_classes=3, backbone_name=name)
+            assert backbone.output.dtype == "bfloat16"
+            model = PIPNet(backbone, num_classes=3)
             outputs = model(_images())
             for key in ("proto_features", "presence", "scores"):
                 assert outputs[key].dtype == tf.float32, key
@@ -254,7 +250,7 @@ def test_mixed_bfloat16():
         with tf.GradientTape() as tape:
             parts = model.compute_pipnet_losses(images, images[::-1], labels, training=True)
             loss = 5 * parts["L_A"] + 2 * parts["L_T"] + 2 * parts["L_C"]
-        variables = [model.classifier.kernel, backbone.model.get_layer("conv5_block3_3_conv").kernel]
+        variables = [model.classifier.kernel, backbone.get_layer("conv5_block3_3_conv").kernel]
         grads = tape.gradient(loss, variables)
         assert loss.dtype == tf.float32
         assert all(g is not None and np.isfinite(g).all() for g in grads)
@@ -263,12 +259,53 @@ def test_mixed_bfloat16():
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("name", ["convnext_tiny_13", "resnet50"])
-def test_config_round_trip(name):
-    model = build_backbone(name, SIZE, None, seed=1).model
-    restored = keras.Model.from_config(model.get_config())
+@pytest.mark.parametrize("name", ["tiny_cnn", "convnext_tiny_13", "resnet50"])
+def test_config_round_trip(name, tmp_path):
+    """keras-hub's check: get_config → from_config → get_config gives the same JSON, and a
+    `.keras` round trip keeps the class, the weights, the groups and the geometry."""
+    model = build_backbone(name, SIZE, None, seed=1)
+    config = model.get_config()
+    assert set(config) - {"name", "trainable", "dtype"} <= set(
+        type(model).__init__.__code__.co_varnames)  # exactly constructor arguments
+    restored = type(model).from_config(json.loads(json.dumps(config)))
+    assert restored.get_config() == config
     restored.set_weights(model.get_weights())
     images = _images()
     np.testing.assert_allclose(restored(images), model(images), atol=1e-6)
-    groups = backbone_groups(name, restored)
-    assert sum(map(len, groups.values())) == len(_weighted(restored))
+    path = tmp_path / "backbone.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(loaded(images), model(images), atol=1e-6)
+    assert {g: [layer.name for layer in layers] for g, layers in loaded.layer_groups.items()} == \
+        {g: [layer.name for layer in layers] for g, layers in model.layer_groups.items()}
+    assert loaded.patch_geometry() == model.patch_geometry()
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "convnext_tiny_13", "resnet50"])
+def test_every_layer_starts_with_its_own_values(name):
+    """A seeded initializer repeats its values: each layer must get its own seed, so no
+    two kernels of the same shape start equal, and the same seed builds the same model."""
+    model = build_backbone(name, SIZE, None, seed=5)
+    kernels = [v.numpy() for v in model.weights
+               if v.path.endswith(("kernel", "depthwise_kernel")) and v.numpy().std() > 0]
+    by_shape = {}
+    for kernel in kernels:
+        by_shape.setdefault(kernel.shape, []).append(kernel)
+    repeated = [(shape, len(group)) for shape, group in by_shape.items() if len(group) > 1]
+    assert repeated, "the test needs layers of the same shape"
+    for shape, group in by_shape.items():
+        for i in range(len(group)):
+            for j in range(i):
+                assert not np.array_equal(group[i], group[j]), shape
+    again = build_backbone(name, SIZE, None, seed=5)
+    for a, b in zip(model.weights, again.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_preprocessing_is_the_backbones_first_layer():
+    assert isinstance(build_backbone("convnext_tiny_13", SIZE).preprocessing,
+                      backbone_weights.ImagePreprocessing)
+    assert isinstance(build_backbone("resnet50", SIZE).preprocessing,
+                      backbone_weights.ImagePreprocessing)
+    assert isinstance(build_backbone("tiny_cnn", SIZE).preprocessing, keras.layers.Rescaling)

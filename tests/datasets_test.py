@@ -10,13 +10,18 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from pipnet_tf.data import cars as cars_lib
-from pipnet_tf.data import geometry, pipeline
+from pipnet_tf.data import datasets, geometry, pipeline, registry
 from pipnet_tf.data.folder import load_image_folder
 from pipnet_tf.data.pets import load_pets_layout
 from pipnet_tf.data.records import stratified_split
-from pipnet_tf.data.sources import DatasetUnavailableError, load_source
-from trainers import data as trainer_data
+from pipnet_tf.data.sources import DatasetRequest, DatasetUnavailableError
 from trainers.configs import PRESETS
+
+
+def load_source(spec: str, data_dir: str = "", cache_dir=".cache/pipnet_tf"):
+    """The registry's view of `--dataset=spec --data_dir=data_dir`."""
+    name, path = registry.parse_dataset(spec)
+    return registry.open_dataset(DatasetRequest(name, path, data_dir, str(cache_dir)))
 
 
 def _save(path: pathlib.Path, array: np.ndarray, fmt: str = "PNG") -> str:
@@ -128,8 +133,9 @@ def test_pets_layout(tmp_path):
     assert data.class_names == ["Abyssinian", "american_bulldog"]
     assert data.train.labels.tolist() == [0, 1] and data.test.paths[1].endswith("_11.jpg")
     source = load_source("pets", data_dir=str(tmp_path))
-    assert (source.augment, source.pretrain_augment, source.crop_to_bbox) == ("pets", "pets",
-                                                                              False)
+    policy = registry.policy(source.name)
+    assert source.name == "pets" and source.part_names == []
+    assert (policy.augment, policy.pretrain_augment, policy.crops_any) == ("pets", "pets", False)
 
 
 def test_cars_devkit_with_a_stand_in_for_scipy(tmp_path, monkeypatch):
@@ -151,7 +157,7 @@ def test_cars_devkit_with_a_stand_in_for_scipy(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cars_lib, "_loadmat", fake_loadmat)
     source = load_source("cars", data_dir=str(tmp_path))
-    assert source.class_names[1] == "Acura RL 2012" and source.augment == "cars"
+    assert source.class_names[1] == "Acura RL 2012" and registry.policy("cars").augment == "cars"
     assert source.train.labels.tolist() == [1] and source.test.labels.tolist() == [0, 1]
     assert source.train.paths[0] == str(tmp_path.absolute() / "cars_train" / "00001.jpg")
     np.testing.assert_array_equal(source.train.bboxes[0], [0, 1, 10, 19])
@@ -164,7 +170,8 @@ def test_cars_devkit_with_a_stand_in_for_scipy(tmp_path, monkeypatch):
 def test_tfds_builders_are_materialised_once(dataset, builder, num_classes, crop, tmp_path):
     with tfds.testing.mock_data(num_examples=3):
         source = load_source(dataset, data_dir=str(tmp_path / "tfds"), cache_dir=tmp_path)
-    assert len(source.class_names) == num_classes and source.crop_to_bbox == crop
+    assert len(source.class_names) == num_classes
+    assert registry.policy(source.name).crop_train == registry.policy(dataset).crop_test == crop
     assert len(source.train) == len(source.test) == 3
     for path in source.train.paths + source.test.paths:
         with Image.open(path) as img:
@@ -182,6 +189,18 @@ def test_missing_datasets_say_what_to_place_where(dataset, expected, tmp_path):
         load_source(dataset, data_dir="" if dataset == "folder" else str(tmp_path),
                     cache_dir=tmp_path)
     assert expected in str(info.value) and f"--dataset={dataset!r}" in str(info.value)
+
+
+def test_registry_parses_dataset_values():
+    assert registry.parse_dataset("cub") == ("cub", "")
+    assert registry.parse_dataset("folder:/data/x:y") == ("folder", "/data/x:y")
+    with pytest.raises(ValueError, match="Unknown --dataset='nonsense'"):
+        registry.parse_dataset("nonsense")
+    with pytest.raises(ValueError, match="takes no path"):
+        registry.parse_dataset("cars:/data")
+    assert set(registry.DATASETS) == {"synthetic", "cub", "cars", "pets", "folder"}
+    assert registry.policy("cub").crop_train and not registry.policy("cub").crop_project
+    assert registry.policy("cars", augment_override="pets").pretrain_augment == "pets"
 
 
 # ----------------------------------------------------------------------------- build_data
@@ -221,23 +240,26 @@ def test_cub_build_data_crops_phase_2_and_test_but_not_pretraining(tmp_path, mon
         configs[seed] = (config, kwargs.get("boxes"))
         return real(paths, labels, config, batch_size, seed, **kwargs)
 
-    monkeypatch.setattr(trainer_data.pipeline, "two_view_dataset", spy)
+    monkeypatch.setattr(datasets.pipeline, "two_view_dataset", spy)
     config = PRESETS["cub"].replace(data_dir=str(root), image_size=16, batch_size=2,
                                     batch_size_pretrain=2, cache_dir=str(tmp_path / "cache"))
-    data = trainer_data.build_data(config)
+    data = datasets.build_data(config)
     pre_config, pre_boxes = configs[config.seed]
     train_config, train_boxes = configs[config.seed + 1]
     assert (pre_config.resize_size, train_config.resize_size) == (16 + 32, 16 + 8)
     assert pre_boxes is None and train_boxes.shape == (4, 4)
-    test_images = next(iter(data.test))[0].numpy()
+    test_images = next(iter(data.test.dataset(2)))[0].numpy()
     assert test_images.shape == (2, 16, 16, 3)
     np.testing.assert_array_equal(test_images[..., 0], 255)  # only the red box remains
-    full = next(iter(data.test_projection))[0].numpy()
+    full = next(iter(data.test_full.dataset(2)))[0].numpy()
     assert full[..., 2].max() == 255  # full images keep the blue border
     view1, _, labels = next(iter(data.train))
     assert view1.shape == (2, 16, 16, 3) and labels.shape == (2,)
-    assert data.class_names == ["Bird_1", "Bird_2"] and data.test_part_locs.shape == (4, 1, 3)
-    np.testing.assert_allclose(data.test_part_locs[0, 0], [35 * 16 / 60, 20 * 16 / 40, 1])
+    assert data.class_names == ["Bird_1", "Bird_2"] and data.test_full.part_locs.shape == (4, 1, 3)
+    np.testing.assert_allclose(data.test_full.part_locs[0, 0], [35 * 16 / 60, 20 * 16 / 40, 1])
+    # In the crop (x 20..50, y 10..30 → 16 px) the beak at (35, 20) sits in the middle.
+    np.testing.assert_allclose(data.test.part_locs[0, 0], [15 * 16 / 30, 10 * 16 / 20, 1])
+    assert data.project.boxes is None and data.policy.crop_test
 
 
 def test_cars_devkit_real_mat_files(tmp_path):

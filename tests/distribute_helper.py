@@ -27,7 +27,7 @@ Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
 def run(strategy, stage_name, backbone):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = PIPNet(build_backbone(backbone, 32, seed=0).model, 3, backbone_name=backbone, seed=0)
+        model = PIPNet(build_backbone(backbone, 32, seed=0), 3, seed=0)
         model.build((None, 32, 32, 3))
     plan = phases.make_plan(1, 6, 3)
     stage = next(s for s in plan if s.name == stage_name)

@@ -13,6 +13,7 @@ from pipnet_tf.backbones import build_backbone
 from pipnet_tf.explain import global_view, local_view
 from pipnet_tf.io import write_json
 from pipnet_tf.model import PIPNet
+from pipnet_tf.patch_geometry import REFERENCE_RULE
 
 SIZE = 32
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -20,8 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def tiny_model(num_classes=6, seed=0):
     """16 prototypes (1x1 add-on, sharpened so that presence reaches ~1), 12 relevant."""
-    model = PIPNet(build_backbone("tiny_cnn", SIZE, weights=None, seed=seed).model,
-                   num_classes=num_classes, num_prototypes=16, backbone_name="tiny_cnn", seed=seed)
+    model = PIPNet(build_backbone("tiny_cnn", SIZE, weights=None, seed=seed),
+                   num_classes=num_classes, num_prototypes=16, seed=seed)
     model.build((None, SIZE, SIZE, 3))
     model.add_on.kernel.assign(model.add_on.kernel * 50.0)
     kernel = np.zeros(model.classifier.kernel.shape, np.float32)
@@ -89,7 +90,8 @@ def test_abstention_reads_no_known_part_found():
     image = np.full((SIZE, SIZE, 3), 128, np.uint8)
     kernel = np.zeros((8, 3))
     picture, description = local_view.explain_image(
-        image, np.zeros(3), np.zeros(8), np.zeros(8, np.int32), (4, 4), kernel, ["a", "b", "c"], {})
+        image, np.zeros(3), np.zeros(8), np.zeros(8, np.int32), REFERENCE_RULE.geometry(SIZE, (4, 4)),
+        kernel, ["a", "b", "c"], {})
     assert description["abstained"] and description["classes"] == []
     assert picture.width > 200 and picture.height > 200
 
@@ -99,9 +101,8 @@ def test_contributions_and_topk():
     presence = np.array([0.5, 0.9, 0.001])
     assert local_view.contributions(presence, kernel, 0) == [(0, 0.5, 2.0, 1.0)]
     outputs = {"presence": np.array([[0.9, 0.0, 0.0], [0.5, 0.05, 0.0]]),
-               "locations": np.zeros((2, 3), np.int32), "latent_hw": np.array([4, 4]),
-               "image_size": np.asarray(SIZE)}
-    topk = global_view.prototype_topk(outputs, kernel, k=2)
+               "locations": np.zeros((2, 3), np.int32)}
+    topk = global_view.prototype_topk(outputs, kernel, REFERENCE_RULE.geometry(SIZE, (4, 4)), k=2)
     # Prototype 1 is relevant but never above 0.1 → skipped; prototype 2 likewise.
     assert list(topk) == [0] and [e["image"] for e in topk[0]] == [0, 1]
 

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from export.graph import InferenceGraph, cell_bounds, kept_prototypes, patch_skip
+from export.graph import InferenceGraph, kept_prototypes
 from export.saved_model import export_saved_model, split_serving_path, write_models_config
 from pipnet_tf.backbones import build_backbone
 from pipnet_tf.model import PIPNet
@@ -23,7 +23,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 def sparse_model(image_size=64, num_classes=4, seed=1):
     """tiny_cnn PIP-Net (8x8 grid at 64 px) whose scoring sheet has all-zero rows."""
     backbone = build_backbone("tiny_cnn", image_size, seed=seed)
-    model = PIPNet(backbone.model, num_classes, backbone_name="tiny_cnn", seed=seed)
+    model = PIPNet(backbone, num_classes, seed=seed)
     model.build((None, image_size, image_size, 3))
     kernel = model.classifier.kernel.numpy()
     kernel[::3] = 0.0
@@ -74,33 +74,6 @@ def test_saved_model_matches_keras_in_a_fresh_process(tmp_path):
     assert out["other"].shape == (3, 4)
 
 
-# === Patch geometry (SPEC §4) ===
-def test_patch_skip_follows_the_reference_formula():
-    assert patch_skip(224, 26) == 8
-    assert patch_skip(224, 13) == 16
-    assert patch_skip(224, 28) == 7
-    assert patch_skip(64, 8) == 5
-
-
-def test_cell_bounds_of_the_26x26_grid_use_the_offset_4_edges():
-    b = cell_bounds(224, 26, special_26=True)
-    assert b[0].tolist() == [0, 32]
-    assert b[1].tolist() == [4, 36]
-    assert b[2].tolist() == [12, 44]
-    assert b[24].tolist() == [188, 220]
-    assert b[25].tolist() == [192, 224]
-    assert (b[:, 1] - b[:, 0] == 32).all()
-
-
-def test_cell_bounds_of_regular_grids_end_flush_with_the_image():
-    b = cell_bounds(224, 13)
-    assert b[0].tolist() == [0, 32] and b[1].tolist() == [16, 48]
-    assert b[12].tolist() == [192, 224]
-    b = cell_bounds(224, 28)
-    assert b[3].tolist() == [21, 53] and b[27].tolist() == [192, 224]
-    assert (cell_bounds(32, 4) == [0, 32]).all()  # patch as large as the image
-
-
 # === Graph semantics (in process) ===
 def test_explain_outputs_match_the_keras_prototype_maps():
     model = sparse_model()
@@ -114,7 +87,7 @@ def test_explain_outputs_match_the_keras_prototype_maps():
     flat = maps.transpose(0, 3, 1, 2).reshape(3, maps.shape[-1], -1).argmax(-1)
     np.testing.assert_array_equal(out["prototype_cell"][..., 0], flat // 8)
     np.testing.assert_array_equal(out["prototype_cell"][..., 1], flat % 8)
-    bounds = cell_bounds(64, 8)
+    bounds = model.patch_geometry(64).bounds(0)
     np.testing.assert_array_equal(out["prototype_box"][..., 0], bounds[flat // 8, 0])
     np.testing.assert_array_equal(out["prototype_box"][..., 3], bounds[flat % 8, 1])
     weights = np.maximum(model.classifier.kernel.numpy(), 0)
@@ -133,7 +106,7 @@ def test_boxes_are_scaled_to_the_original_image_size():
     images = uint8_images((2, 128, 96, 3))
     boxes = graph.explain(images)["prototype_box"].numpy()
     cells = graph.explain(images)["prototype_cell"].numpy()
-    bounds = cell_bounds(64, 8)
+    bounds = model.patch_geometry(64).bounds(0)
     np.testing.assert_allclose(boxes[..., 0], bounds[cells[..., 0], 0] * 2.0)
     np.testing.assert_allclose(boxes[..., 2], bounds[cells[..., 0], 1] * 2.0)
     np.testing.assert_allclose(boxes[..., 1], bounds[cells[..., 1], 0] * 1.5)
@@ -266,3 +239,44 @@ def test_signature_rejects_wrong_dtype_and_rank_and_reads_its_assets(tmp_path):
     kept = kept_prototypes(model).size
     assert f"OK (2, 4) (2, {kept})" in proc.stdout
     assert "ASSETS ['class_names.txt', 'metadata.json', 'prototypes.txt']" in proc.stdout
+
+
+# === Nothing wrong gets published ===
+def test_a_failed_verification_leaves_no_version_and_an_unchanged_models_config(
+        tmp_path, monkeypatch):
+    from export import saved_model
+
+    base = tmp_path / "exports"
+    saved_model.export_for_serving(sparse_model(), base / "pipnet" / "1")
+    config_before = (base / "models.config").read_text()
+    monkeypatch.setattr(saved_model, "verify_saved_model", lambda *a, **k: 0.5)
+    with pytest.raises(saved_model.VerificationError, match="differ by 0.5"):
+        saved_model.export_for_serving(sparse_model(), base / "pipnet" / "2")
+    with pytest.raises(saved_model.VerificationError):
+        saved_model.export_for_serving(sparse_model(), base / "other" / "1")
+    assert sorted(p.name for p in (base / "pipnet").iterdir()) == ["1"]
+    assert not (base / "other").exists() or not any((base / "other").iterdir())
+    assert (base / "models.config").read_text() == config_before
+
+
+def test_attach_assets_relies_on_keras_internals(tmp_path):
+    """`attach_assets` uses ExportArchive's private `_tf_trackable`; this fails when Keras
+    changes it (then look for a public hook for files)."""
+    import keras
+    import tensorflow as tf
+
+    from export.saved_model import attach_assets
+
+    archive = keras.export.ExportArchive()
+    assert isinstance(getattr(archive, "_tf_trackable", None), tf.__internal__.tracking.Trackable)
+    asset = tmp_path / "note.txt"
+    asset.write_text("hello")
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    archive.track(layer)
+    archive.add_endpoint("serve", layer.call, input_signature=[tf.TensorSpec((None, 3))])
+    attach_assets(archive, [asset])
+    archive.write_out(str(tmp_path / "sm"), verbose=False)
+    assert (tmp_path / "sm" / "assets" / "note.txt").read_text() == "hello"
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    assert loaded.asset_0.asset_path.numpy().decode().endswith("note.txt")

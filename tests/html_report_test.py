@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipnet_tf.data.datasets import image_set_from_files
 from pipnet_tf.explain import write_explanations
 from tests.explain_test import SIZE, tiny_model
 
@@ -50,8 +51,10 @@ def report(tmp_path_factory):
     evaluation = {"test": {"top1_accuracy": 0.5}, "ood": {
         "percentile": 95.0, "tpr": 0.95, "thresholds": [0.1] * 6,
         "sources": {"noise": {"num_images": 3, "accepted": 0.0}}}}
-    index = write_explanations(tiny_model(), [f"class {c}" for c in range(6)], paths[:12],
-                               paths[12:], root / "out", SIZE, evaluation=evaluation, k=5)
+    train = image_set_from_files(paths[:12], SIZE, str(root / "cache"))
+    explained = image_set_from_files(paths[12:], SIZE, str(root / "cache"))
+    index = write_explanations(tiny_model(), [f"class {c}" for c in range(6)], train, explained,
+                               root / "out", evaluation=evaluation, k=5)
     return index
 
 

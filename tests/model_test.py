@@ -13,8 +13,8 @@ from pipnet_tf.optimization import LearningRates, make_phase_optimizers
 
 def small_model(num_classes=3, num_prototypes=0, seed=1, use_bias=False):
     backbone = build_backbone("tiny_cnn", 32, seed=seed)
-    model = PIPNet(backbone.model, num_classes, num_prototypes=num_prototypes,
-                   backbone_name="tiny_cnn", seed=seed, use_bias=use_bias)
+    model = PIPNet(backbone, num_classes, num_prototypes=num_prototypes, seed=seed,
+                   use_bias=use_bias)
     model.build((None, 32, 32, 3))
     return model
 

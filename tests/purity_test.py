@@ -1,30 +1,11 @@
-"""Patch mapping (incl. the 26x26 edge handling) and part purity."""
+"""Part purity (paper Table 3, reference `eval_cub_csv.py`)."""
 import numpy as np
 
 from pipnet_tf import purity
-from pipnet_tf.explain import patches
+from pipnet_tf.data import geometry
+from pipnet_tf.patch_geometry import REFERENCE_RULE
 
-
-def test_patch_geometry_reference_sizes():
-    assert patches.patch_geometry(224, 26) == (32, 8)
-    assert patches.patch_geometry(224, 13) == (32, 16)
-    assert patches.patch_geometry(224, 28) == (32, 7)
-    assert patches.patch_geometry(64, 8) == (9, 8)  # 32·64/224 = 9.1 → 9; round(55/7) = 8
-
-
-def test_patch_box_26x26_edge_handling():
-    box = lambda h, w: patches.patch_box(224, (26, 26), h, w)
-    assert box(0, 0) == (0, 32, 0, 32)       # max(0, -8 + 4)
-    assert box(1, 2) == (4, 36, 12, 44)      # (i-1)·8 + 4
-    assert box(24, 24) == (188, 220, 188, 220)
-    assert box(25, 0) == (192, 224, 0, 32)   # last: offset removed, clamped to the image
-
-
-def test_patch_box_other_grids():
-    assert patches.patch_box(224, (13, 13), 3, 12) == (48, 80, 192, 224)
-    assert patches.patch_box(224, (28, 28), 27, 1) == (192, 224, 7, 39)
-    assert patches.patch_box(64, (8, 8), 7, 6) == (55, 64, 48, 57)
-    assert patches.location_box(64, (8, 8), 7 * 8 + 6) == (55, 64, 48, 57)
+GRID_26 = REFERENCE_RULE.geometry(224, (26, 26))
 
 
 def test_left_right_parts_merge():
@@ -44,7 +25,7 @@ def _dataset(n=40, seed=0):
 
 def _box_at(x, y):
     h, w = int(y // 8), int(x // 8)  # cell whose box contains the point (13x13 would be coarser)
-    return patches.patch_box(224, (26, 26), min(h, 25), min(w, 25))
+    return GRID_26.box(min(h, 25), min(w, 25))
 
 
 def test_purity_one_when_patches_sit_on_a_part_centre():
@@ -65,7 +46,7 @@ def test_purity_one_when_patches_sit_on_a_part_centre():
 def test_purity_low_for_random_patches():
     names, locs = _dataset(200, seed=1)
     rng = np.random.default_rng(2)
-    det = {p: [(int(i), patches.patch_box(224, (26, 26), *rng.integers(0, 26, 2)))
+    det = {p: [(int(i), GRID_26.box(*rng.integers(0, 26, 2)))
                for i in rng.choice(200, 10, replace=False)] for p in range(30)}
     out = purity.purity_summary(det, locs, names, 32)
     assert out["mean"] < 0.35, out["mean"]
@@ -75,7 +56,7 @@ def test_part_counts_only_images_where_it_is_visible_and_resize_mapping():
     locs = np.array([[[10.0, 10.0, 1.0]], [[100.0, 100.0, 0.0]]])
     det = [(0, (0, 32, 0, 32)), (1, (0, 32, 0, 32))]
     assert purity.prototype_purity(det, locs, [("beak", [0])])["purity"] == 1.0
-    resized = purity.resize_part_locs(np.array([[[50.0, 20.0, 1.0]]]), np.array([[100.0, 40.0]]), 224)
+    resized = geometry.map_part_locs(np.array([[[50.0, 20.0, 1.0]]]), np.array([[100, 40]]), 224)
     np.testing.assert_allclose(resized, [[[112.0, 112.0, 1.0]]])
     assert purity.centre_patch((0, 40, 0, 32), 32) == (4.0, 36.0, 0.0, 32.0)
 
@@ -83,7 +64,8 @@ def test_part_counts_only_images_where_it_is_visible_and_resize_mapping():
 def test_prototype_patches_topk_and_threshold():
     presence = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.8]])
     locations = np.zeros((3, 2), np.int32)
-    top = purity.prototype_patches(presence, locations, (8, 8), 64, [0, 1], k=2)
+    grid = REFERENCE_RULE.geometry(64, (8, 8))
+    top = purity.prototype_patches(presence, locations, grid, [0, 1], k=2)
     assert [i for i, _ in top[0]] == [0, 1] and [i for i, _ in top[1]] == [2, 1]
-    thr = purity.prototype_patches(presence, locations, (8, 8), 64, [0], threshold=0.5)
+    thr = purity.prototype_patches(presence, locations, grid, [0], threshold=0.5)
     assert [i for i, _ in thr[0]] == [0, 1] and thr[0][0][1] == (0, 9, 0, 9)

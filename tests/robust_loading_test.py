@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from pipnet_tf.data import decode, pipeline
 from pipnet_tf.data.sources import DatasetUnavailableError
 from trainers.configs import PRESETS
-from trainers.data import build_data
+from pipnet_tf.data.datasets import build_data
 
 CLASS = "Vögel mit Leerzeichen"
 BAD = {"corrupt.jpg", "truncated.jpg", "truncated.png", "notes.txt"}
@@ -135,13 +135,26 @@ def _config(root: pathlib.Path, tmp_path: pathlib.Path):
 def test_build_data_on_the_awkward_folder(cases, tmp_path, warnings_seen):
     root = cases.parent
     (root / "empty class").mkdir(exist_ok=True)
+    plain = root / "plain"
+    plain.mkdir(exist_ok=True)
+    for i in range(4):
+        Image.fromarray(_rgb(seed=i)).save(plain / f"{i}.png")
     data = build_data(_config(root, tmp_path))
-    assert data.class_names == [CLASS] and len(warnings_seen) == 2  # train and test splits
+    assert data.class_names == [CLASS, "plain"] and len(warnings_seen) == 2  # train and test
     view1, view2, _ = next(iter(data.train))
     assert view1.shape == view2.shape == (2, 16, 16, 3)
-    images = np.concatenate([b[0].numpy() for b in data.project])
+    images = np.concatenate([b[0].numpy() for b in data.project.dataset(4)])
     assert images.shape[1:] == (16, 16, 3) and np.isfinite(images).all()
-    assert len(images) + len(data.test_records) == len(list(cases.iterdir())) - len(BAD)
+    assert len(images) + len(data.test) == len(list(cases.iterdir())) - len(BAD) + 4
+
+
+def test_a_single_class_is_an_error(tmp_path):
+    root = tmp_path / "data" / "only"
+    root.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(_rgb(seed=i)).save(root / f"{i}.png")
+    with pytest.raises(DatasetUnavailableError, match="needs at least 2"):
+        build_data(_config(root.parent, tmp_path))
 
 
 def test_class_without_usable_images_is_an_error(tmp_path):

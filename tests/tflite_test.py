@@ -165,7 +165,7 @@ def test_int8_source_graph_cuts_convnext_depthwise_convs_into_bands(tmp_path):
     from pipnet_tf.backbones import build_backbone
 
     backbone = build_backbone("convnext_tiny_13", 32, weights=None, seed=0)
-    model = PIPNet(backbone.model, 3, backbone_name="convnext_tiny_13", seed=0)
+    model = PIPNet(backbone, 3, seed=0)
     model.build((None, 32, 32, 3))
     plain = write_tflite_saved_model(model, tmp_path / "none", 32, quantization="none")
     banded = write_tflite_saved_model(model, tmp_path / "int8", 32, quantization="int8")

@@ -145,3 +145,25 @@ def test_precision_resolution():
     assert resolve_precision("auto") in ("float32", "mixed_bfloat16")
     with pytest.raises(ValueError, match="--precision='fp8'"):
         resolve_precision("fp8")
+
+
+def test_evaluate_measures_top1_on_the_images_the_trainer_tests_on(tmp_path):
+    """CUB: metrics.json's top-1 is on bounding-box crops; evaluation.json's "test" is the
+    same figure on the same images, and the full images are reported beside it."""
+    from tests.datasets_test import _write_cub
+    from trainers.evaluate import evaluate_run
+
+    root = _write_cub(tmp_path / "data", n_per_class=6)
+    config = PRESETS["cub"].replace(
+        data_dir=str(root), net="tiny_cnn", weights="none", precision="float32", image_size=16,
+        epochs_pretrain=0, epochs=1, freeze_epochs=1, batch_size=2, batch_size_pretrain=2,
+        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path / "run"), export=False)
+    metrics = run_training(config)
+    result = evaluate_run(config.log_dir, verbose=0)
+    assert result["test_images"] == "bounding-box crops"
+    assert result["test"]["num_images"] == metrics["num_images"] == 6
+    assert result["test"]["top1_accuracy"] == metrics["top1_accuracy"]
+    assert result["test"]["abstained"] == metrics["abstained"]
+    assert result["test_full_images"]["num_images"] == 6
+    assert "ood" not in result  # CUB brings no OoD folders of its own
+    assert set(result["purity"]) == {"train", "test"}

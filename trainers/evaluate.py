@@ -20,82 +20,20 @@ import numpy as np
 from absl import app, flags, logging
 
 from pipnet_tf import metrics, ood, purity
-from pipnet_tf.data import pipeline
-from pipnet_tf.explain.patches import collect_prototype_outputs, patch_geometry
-from pipnet_tf.io import atomic_write_text, load_run, write_json
+from pipnet_tf.data import registry
+from pipnet_tf.data.datasets import ImageSet, build_data, dataset_request, image_set_from_files
+from pipnet_tf.evaluation import collect_prototype_outputs
+from pipnet_tf.io import atomic_write_text, write_json
+from pipnet_tf.cli import exit_on_user_error
+from pipnet_tf.runs import open_run
 
 EVALUATION_FILE = "evaluation.json"
 SUMMARY_FILE = "evaluation.md"
 
 
-@dataclasses.dataclass
-class RunData:
-    """The images of a run's dataset, as paths (CUB layouts: with part annotations)."""
-
-    class_names: list[str]
-    image_size: int
-    train_paths: list[str]
-    train_labels: np.ndarray
-    test_paths: list[str]
-    test_labels: np.ndarray
-    part_names: list[str]
-    train_part_locs: np.ndarray | None
-    test_part_locs: np.ndarray | None
-    default_ood: dict[str, str]
-
-
-def run_data(config: dict) -> RunData:
-    """Re-opens the dataset a run was trained on: the built-in dataset and raw CUB layouts
-    with their part annotations (for purity), any other source without."""
-    from pipnet_tf.data.cub import load_cub_layout
-
-    name = str(config.get("dataset", "synthetic")).split(":", 1)[0]
-    image_size = int(config.get("image_size", 224))
-    default_ood: dict[str, str] = {}
-    if name == "synthetic":
-        from pipnet_tf.data.synthetic import SyntheticSpec, write_synthetic_cub
-
-        spec = SyntheticSpec(image_size=image_size,
-                             train_per_class=int(config.get("synthetic_train_per_class", 120)),
-                             test_per_class=int(config.get("synthetic_test_per_class", 50)))
-        root = write_synthetic_cub(config.get("cache_dir", ".cache/pipnet_tf"), spec)
-        default_ood = {p.name: str(p) for p in sorted((root / "ood").iterdir()) if p.is_dir()}
-    elif name == "cub" and config.get("data_dir"):
-        root = config["data_dir"]
-    else:
-        return _source_data(config, image_size)
-    layout = load_cub_layout(root)
-    train, test = layout.split("train"), layout.split("test")
-    has_parts = bool(layout.part_names)
-    return RunData(list(layout.class_names), image_size, train.paths, train.labels, test.paths,
-                   test.labels, list(layout.part_names),
-                   train.part_locs if has_parts else None, test.part_locs if has_parts else None,
-                   default_ood)
-
-
-def _source_data(config: dict, image_size: int) -> RunData:
-    """Any other dataset the trainer reads (tfds, Cars, Pets, folders), through the same
-    source lookup and image validation as training; full test images, no part annotations."""
-    import dataclasses as dc
-
-    from trainers.configs import TrainConfig
-    from trainers.data import load_dataset_source, usable_records
-
-    known = {f.name for f in dc.fields(TrainConfig)}
-    train_config = TrainConfig(**{k: v for k, v in config.items() if k in known})
-    source = load_dataset_source(train_config)
-    cache = pathlib.Path(train_config.cache_dir) / "converted"
-    train, _, _ = usable_records(source.train, cache, "training")
-    test, _, _ = usable_records(source.test, cache, "test")
-    return RunData(list(source.class_names), image_size, train.paths, train.labels, test.paths,
-                   test.labels, [], None, None, {})
-
-
-def _outputs(model, paths, labels, image_size, batch_size, verbose, what):
-    logging.info("Running the model over %d %s images", len(paths), what)
-    ds = pipeline.eval_dataset(list(paths), np.asarray(labels, np.int32), image_size, batch_size,
-                               cache=False)
-    return collect_prototype_outputs(model, ds, verbose)
+def _outputs(model, images: ImageSet, batch_size: int, verbose: int, what: str) -> dict:
+    logging.info("Running the model over %d %s images", len(images), what)
+    return collect_prototype_outputs(model, images.dataset(batch_size), verbose)
 
 
 def _pruning(model, kernel, train_out, test_out) -> dict:
@@ -113,71 +51,93 @@ def _pruning(model, kernel, train_out, test_out) -> dict:
     }
 
 
-def ood_images(spec: str, cache_dir: str) -> tuple[str, str, list[str]]:
-    """An OoD source → (name, where, image files).
+def ood_images(spec: str, config, image_size: int) -> tuple[str, str, ImageSet]:
+    """An OoD source → (name, where, images); unreadable files are skipped with a warning.
 
     `dataset:NAME[:DATA_DIR]` takes the test split of another dataset the project reads
-    (cub, cars, pets, folder; as the paper's Table 2); anything else is an image folder
-    (`folder:PATH`, `NAME=folder:PATH`).
+    (as the paper's Table 2; `dataset:folder:PATH` for an image-folder dataset); anything
+    else is an image folder (`folder:PATH`, `NAME=folder:PATH` or `PATH`).
     """
     if spec.startswith("dataset:"):
-        from pipnet_tf.data.sources import load_source
-
-        name, _, data_dir = spec.removeprefix("dataset:").partition(":")
-        source = load_source(name, data_dir=data_dir, cache_dir=cache_dir)
-        return source.name, source.origin, list(source.test.paths)
+        name, _, rest = spec.removeprefix("dataset:").partition(":")
+        registry.parse_dataset(name)
+        path, data_dir = (rest, "") if registry.DATASETS[name].takes_path else ("", rest)
+        request = dataclasses.replace(dataset_request(config), name=name, path=path,
+                                      data_dir=data_dir)
+        source = registry.open_dataset(request)
+        files = list(source.test.paths)
+        return source.name, source.origin, image_set_from_files(
+            files, image_size, config.cache_dir, f"OoD '{source.name}' images")
     name, path = ood.parse_source(spec)
-    return name, path, ood.list_images(path)
+    return name, path, image_set_from_files(ood.list_images(path), image_size,
+                                            config.cache_dir, f"OoD '{name}' images")
 
 
 def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_ood: bool = True,
                  batch_size: int = 64, verbose: int = 1, purity_k: int = purity.TOP_K) -> dict:
-    """Evaluates RUN_DIR and writes evaluation.json + evaluation.md; returns the dict."""
+    """Evaluates RUN_DIR and writes evaluation.json + evaluation.md; returns the dict.
+
+    Top-1 and the other classification figures are measured on the images the trainer
+    tests on (`metrics.json`: bounding-box crops for CUB, under "test"); where those are
+    crops, the full test images are reported as well ("test_full_images"). The OoD
+    thresholds come from the same images as top-1. Purity uses the full images.
+    """
     started = time.time()
-    run_dir = pathlib.Path(run_dir)
-    model, config = load_run(run_dir)
-    data = run_data(config)
+    run = open_run(run_dir)
+    model, config = run.model, run.config
+    data = build_data(config, training=False)
     kernel = model.classifier.kernel.numpy()
     multiplier = float(model.classifier.multiplier.numpy())
-    test_out = _outputs(model, data.test_paths, data.test_labels, data.image_size, batch_size,
-                        verbose, "test")
-    train_out = _outputs(model, data.train_paths, data.train_labels, data.image_size, batch_size,
-                         verbose, "training")
+    geometry = model.patch_geometry(run.image_size)
+    test_out = _outputs(model, data.test, batch_size, verbose, "test")
+    train_out = _outputs(model, data.project, batch_size, verbose, "training")
     result = {
-        "run_dir": str(run_dir),
-        "dataset": config.get("dataset"),
-        "image_size": data.image_size,
-        "latent_hw": [int(v) for v in test_out["latent_hw"]],
-        "patch_size_and_skip": list(patch_geometry(data.image_size, int(test_out["latent_hw"][1]))),
-        "num_classes": len(data.class_names),
+        "run_dir": str(run.run_dir),
+        "dataset": config.dataset,
+        "image_size": run.image_size,
+        "latent_hw": list(geometry.grid),
+        "patch_size_and_skip": [geometry.patch_size, geometry.skip(1)],
+        "patch_geometry": geometry.to_dict(),
+        "num_classes": len(run.class_names),
         "num_prototypes": int(kernel.shape[0]),
+        "test_images": "bounding-box crops" if data.policy.crop_test else "full images",
         "test": metrics.classification_report(test_out["scores"], test_out["presence"],
                                               test_out["labels"], kernel, multiplier),
         **_pruning(model, kernel, train_out, test_out),
     }
-    sources = ({name: (path, ood.list_images(path)) for name, path in data.default_ood.items()}
-               if default_ood else {})
+    test_full_out = test_out
+    if data.test_full is not data.test:
+        test_full_out = _outputs(model, data.test_full, batch_size, verbose, "full test")
+        result["test_full_images"] = metrics.classification_report(
+            test_full_out["scores"], test_full_out["presence"], test_full_out["labels"],
+            kernel, multiplier)
+    sources = ({name: (path, image_set_from_files(ood.list_images(path), run.image_size,
+                                                  config.cache_dir, f"OoD '{name}' images"))
+                for name, path in data.source.default_ood.items()} if default_ood else {})
     for spec in ood_specs:
-        name, where, files = ood_images(spec, config.get("cache_dir", ".cache/pipnet_tf"))
-        sources[name] = (where, files)
+        name, where, images = ood_images(spec, config, run.image_size)
+        sources[name] = (where, images)
     if sources:
         ood_scores = {}
-        for name, (_, files) in sources.items():
-            out = _outputs(model, files, np.zeros(len(files)), data.image_size, batch_size,
-                           verbose, f"OoD '{name}'")
-            ood_scores[name] = out["scores_raw"]
-        result["ood"] = ood.ood_report(test_out["scores_raw"], ood_scores, id_name=str(config.get("dataset")))
+        for name, (_, images) in sources.items():
+            ood_scores[name] = _outputs(model, images, batch_size, verbose,
+                                        f"OoD '{name}'")["scores_raw"]
+        result["ood"] = ood.ood_report(test_out["scores_raw"], ood_scores, id_name=config.dataset)
+        result["ood"]["thresholds_from"] = result["test_images"]
         for name, (where, _) in sources.items():
             result["ood"]["sources"][name]["path"] = str(where)
+    if not data.part_names and data.policy.part_annotations:
+        logging.warning("%s has no part locations (parts/part_locs.txt; tfds's CUB has none): "
+                        "no purity.", data.source.origin)
     if data.part_names:
         result["purity"] = {}
-        for split, out, paths, locs in (("train", train_out, data.train_paths, data.train_part_locs),
-                                        ("test", test_out, data.test_paths, data.test_part_locs)):
+        for split, out, images in (("train", train_out, data.project),
+                                   ("test", test_full_out, data.test_full)):
             result["purity"][split] = purity.evaluate_purity(
-                out, kernel, locs, data.part_names, purity.image_sizes(paths), k=purity_k)
+                out, kernel, images.part_locs, data.part_names, geometry, k=purity_k)
     result["seconds"] = round(time.time() - started, 1)
-    write_json(run_dir / EVALUATION_FILE, result)
-    atomic_write_text(run_dir / SUMMARY_FILE, summary_markdown(result))
+    write_json(run.run_dir / EVALUATION_FILE, result)
+    atomic_write_text(run.run_dir / SUMMARY_FILE, summary_markdown(result))
     return result
 
 
@@ -189,13 +149,14 @@ def summary_markdown(result: dict) -> str:
               f"{result['num_prototypes']} prototypes, input {result['image_size']} px, latent "
               f"{result['latent_hw'][0]}x{result['latent_hw'][1]}, patch/skip "
               f"{result['patch_size_and_skip'][0]}/{result['patch_size_and_skip'][1]} px."), "",
-             "## Test set", "", "| metric | value |", "|---|---:|"]
-    for key, value in t.items():
-        if not isinstance(value, (list, dict)):
-            lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+             f"## Test set ({result['test_images']}, as in metrics.json)", "",
+             *_metric_table(t)]
     lines += ["", "Confusion matrix (rows true, columns predicted):", "", "```"]
     lines += [" ".join(f"{v:4d}" for v in row) for row in t["confusion_matrix"]]
-    lines += ["```", "", "## Pruning", "",
+    lines += ["```", ""]
+    if "test_full_images" in result:
+        lines += ["## Test set, full images", "", *_metric_table(result["test_full_images"]), ""]
+    lines += ["## Pruning", "",
               f"Pruned prototypes: {result['pruned_prototypes'] or 'none'}", "",
               "| | top-1 | global size | local size (all classes) |", "|---|---:|---:|---:|"]
     for key in ("before_pruning", "after_pruning"):
@@ -219,6 +180,15 @@ def summary_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _metric_table(report: dict) -> list[str]:
+    lines = ["| metric | value |", "|---|---:|"]
+    for key, value in report.items():
+        if not isinstance(value, (list, dict)):
+            lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float)
+                         else f"| {key} | {value} |")
+    return lines
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trainers.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,6 +207,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+@exit_on_user_error("trainers.evaluate")
 def main(args: argparse.Namespace) -> None:
     result = evaluate_run(args.model, args.ood, not args.no_default_ood, args.batch_size, args.verbose)
     run_dir = pathlib.Path(args.model)

@@ -10,18 +10,21 @@ from absl import logging
 
 from pipnet_tf import evaluation, metrics, phases
 from pipnet_tf.backbones import build_backbone
-from pipnet_tf.io import (
-    CLASS_NAMES_FILE,
-    CONFIG_FILE,
-    MODEL_FILE,
-    atomic_write_text,
-    write_json,
-)
+from pipnet_tf.config import TrainConfig
+from pipnet_tf.data.datasets import build_data
+from pipnet_tf.io import atomic_write_text, write_json
 from pipnet_tf.model import PIPNet
 from pipnet_tf.optimization import LearningRates
-from trainers.configs import TrainConfig
-from trainers.data import build_data
+from pipnet_tf.runs import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    SCORING_SHEET_FILE,
+)
 from trainers.train import PlanRunner
+
+SAVED_MODEL_DIR = "saved_model"
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -61,10 +64,9 @@ def _cpu_has_fast_bf16() -> bool:
 def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
     backbone = build_backbone(config.net, config.image_size, weights=config.weights, seed=config.seed)
     model = PIPNet(
-        backbone.model,
+        backbone,
         num_classes=num_classes,
         num_prototypes=config.num_features,
-        backbone_name=config.net,
         use_bias=config.bias,
         shrink=config.shrink,
         seed=config.seed,
@@ -111,9 +113,9 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, precision: str, started: fl
     epochs_run = runner.run()
     training_seconds = time.time() - started
 
-    before = evaluation.evaluate(model, data.test)
-    pruned = evaluation.prune_unused_prototypes(model, data.project)
-    after = evaluation.evaluate(model, data.test)
+    before = evaluation.evaluate(model, data.test.dataset(config.batch_size))
+    pruned = evaluation.prune_unused_prototypes(model, data.project.dataset(config.batch_size))
+    after = evaluation.evaluate(model, data.test.dataset(config.batch_size))
     results = {
         **after,
         "pruned_prototypes": pruned,
@@ -125,22 +127,16 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, precision: str, started: fl
         "training_seconds": round(training_seconds, 1),
     }
     model.save(str(run_dir / MODEL_FILE))
-    write_json(run_dir / "metrics.json", results)
-    write_json(run_dir / "scoring_sheet.json",
+    write_json(run_dir / METRICS_FILE, results)
+    write_json(run_dir / SCORING_SHEET_FILE,
                 metrics.scoring_sheet(model.classifier.kernel.numpy(), data.class_names))
     atomic_write_text(run_dir / CLASS_NAMES_FILE, "\n".join(data.class_names) + "\n")
-    if config.export:
+    if config.export:  # float32 graph whatever the training precision, verified
         from export.saved_model import export_saved_model
 
-        served = model
-        if precision != "float32":  # serve in float32: portable, and TFLite has no bf16
-            keras.mixed_precision.set_global_policy("float32")
-            served = build_model(config.replace(weights="none"), len(data.class_names))
-            served.set_weights(model.get_weights())
-        export_saved_model(served, run_dir / "saved_model", config.image_size,
-                           class_names=data.class_names)
+        export_saved_model(model, run_dir / SAVED_MODEL_DIR, class_names=data.class_names)
     results["total_seconds"] = round(time.time() - started, 1)
-    write_json(run_dir / "metrics.json", results)
+    write_json(run_dir / METRICS_FILE, results)
     logging.info(
         "Test top-1 %.3f | global size %d | local size %.1f (%.1f for the predicted class) | "
         "sparsity %.3f | abstained %d | %.0f s. Outputs in %s",

@@ -22,19 +22,21 @@ import numpy as np
 from absl import app, flags, logging
 
 from pipnet_tf import ood
+from pipnet_tf.data.datasets import TrainData, build_data, image_set_from_files
 from pipnet_tf.explain import write_explanations
-from pipnet_tf.io import load_run
-from trainers.evaluate import EVALUATION_FILE, run_data
+from pipnet_tf.cli import exit_on_user_error
+from pipnet_tf.runs import open_run
+from trainers.evaluate import EVALUATION_FILE
 
 REPORT_DIR = "report"
 
 
-def report_images(data, per_class: int = 2, per_ood: int = 1) -> list[str]:
-    """A few test images per class plus some OoD images (to show abstention)."""
-    labels = np.asarray(data.test_labels)
-    chosen = [data.test_paths[i] for c in range(len(data.class_names))
+def report_images(data: TrainData, per_class: int = 2, per_ood: int = 1) -> list[str]:
+    """A few full test images per class plus some OoD images (to show abstention)."""
+    labels = np.asarray(data.test_full.labels)
+    chosen = [data.test_full.originals[i] for c in range(len(data.class_names))
               for i in np.flatnonzero(labels == c)[:per_class]]
-    for folder in data.default_ood.values():
+    for folder in data.source.default_ood.values():
         chosen += ood.list_images(folder)[:per_ood]
     return chosen
 
@@ -42,19 +44,21 @@ def report_images(data, per_class: int = 2, per_ood: int = 1) -> list[str]:
 def explain_run(run_dir: str | os.PathLike, images: list[str] | None = None,
                 out_dir: str | os.PathLike | None = None, k: int = 10, batch_size: int = 64,
                 verbose: int = 1) -> pathlib.Path:
-    """Writes the explanations and index.html; returns the index path."""
-    run_dir = pathlib.Path(run_dir)
-    model, config = load_run(run_dir)
-    data = run_data(config)
-    out_dir = pathlib.Path(out_dir) if out_dir else run_dir / REPORT_DIR
+    """Writes the explanations and index.html; returns the index path. Unreadable files
+    among `images` are skipped with one warning naming them."""
+    run = open_run(run_dir)
+    data = build_data(run.config, training=False)
+    out_dir = pathlib.Path(out_dir) if out_dir else run.run_dir / REPORT_DIR
     if images is None:
         images = report_images(data)
-    evaluation_path = run_dir / EVALUATION_FILE
+    explained = image_set_from_files(images, run.image_size, run.config.cache_dir,
+                                     "images to explain")
+    evaluation_path = run.run_dir / EVALUATION_FILE
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
-    return write_explanations(model, data.class_names, data.train_paths, images, out_dir,
-                              data.image_size, evaluation=evaluation,
-                              title=f"PIP-Net explanations: {run_dir.name} ({config.get('dataset')})",
-                              k=k, batch_size=batch_size, verbose=verbose)
+    return write_explanations(
+        run.model, run.class_names, data.project, explained, out_dir, evaluation=evaluation,
+        title=f"PIP-Net explanations: {run.run_dir.name} ({run.config.dataset})",
+        k=k, batch_size=batch_size, verbose=verbose)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -76,6 +80,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+@exit_on_user_error("trainers.explain")
 def main(args: argparse.Namespace) -> None:
     images = ood.list_images(args.images) if args.images else None
     index = explain_run(args.model, images, args.out, args.k, args.batch_size, args.verbose)

@@ -10,16 +10,18 @@ saved_model/ (serving_default: uint8 images → scores, presence).
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from absl import app, flags, logging  # noqa: E402
 
+from pipnet_tf.cli import exit_on_user_error  # noqa: E402
+from pipnet_tf.data.registry import DATASETS  # noqa: E402
 from trainers.configs import TrainConfig, preset  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "synthetic", "synthetic | cub | cars | pets | folder:PATH")
+flags.DEFINE_string("dataset", "synthetic", "; ".join(
+    f"{name}: {entry.description}" for name, entry in DATASETS.items()))
 flags.DEFINE_string("strategy", None, "auto (Mirrored if >1 GPU) | default | mirrored | one_device")
 _FIELD_FLAGS = {
     "data_dir": (flags.DEFINE_string, "Where the dataset lies (raw layout or tfds data_dir)."),
@@ -69,9 +71,9 @@ def resolve_config() -> TrainConfig:
     return config.replace(**changes)
 
 
+@exit_on_user_error("trainers.run")
 def main(argv):
     del argv
-    from trainers.data import DatasetUnavailableError
     from trainers.experiment import run_training
 
     config = resolve_config()
@@ -79,13 +81,7 @@ def main(argv):
         import tensorflow as tf
 
         tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_threads)
-    try:
-        run_training(config)
-    except (DatasetUnavailableError, ValueError, FileNotFoundError, FloatingPointError) as error:
-        # Problems with the user's flags or data: one clear line, the traceback only with -v 1.
-        logging.vlog(1, "Traceback:", exc_info=True)
-        logging.error("%s: %s", type(error).__name__, error)
-        sys.exit(2)
+    run_training(config)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipnet_tf.backbones import register_backbone
+from pipnet_tf.backbones.backbone import Backbone, LayerSeeds
 from pipnet_tf.backbones.cpu_fast_ops import (
     DepthwiseConv2DFast,
     LayerNormalizationFast,
@@ -108,34 +109,22 @@ class StochasticDepth(keras.layers.Layer):
         return config
 
 
-class _Seeds:
-    """Distinct per-layer initializer seeds derived from one seed (None: unseeded)."""
-
-    def __init__(self, seed: int | None):
-        self.seed, self.count = seed, 0
-
-    def normal(self, stddev: float = 0.02):
-        self.count += 1
-        seed = None if self.seed is None else int(self.seed) * 1000 + self.count
-        return keras.initializers.RandomNormal(stddev=stddev, seed=seed)
-
-
-def _block(x, width: int, drop_rate: float, name: str, seeds: _Seeds, depthwise: bool):
+def _block(x, width: int, drop_rate: float, name: str, seeds: LayerSeeds, depthwise: bool):
     shortcut = x
     if depthwise:
         x = DepthwiseConv2DFast(
-            7, padding="same", depthwise_initializer=seeds.normal(), name=f"{name}_depthwise_conv"
-        )(x)
+            7, padding="same", depthwise_initializer=_normal(seeds),
+            name=f"{name}_depthwise_conv")(x)
     else:  # keras.applications' original (slow on CPU); kept for equivalence tests
         x = keras.layers.Conv2D(
-            width, 7, padding="same", groups=width, kernel_initializer=seeds.normal(),
+            width, 7, padding="same", groups=width, kernel_initializer=_normal(seeds),
             name=f"{name}_depthwise_conv",
         )(x)
     x = LayerNormalizationFast(epsilon=1e-6, name=f"{name}_layernorm")(x)
     # keras.applications has Dense, Activation("gelu"), Dense: same weights and outputs.
-    x = PointwiseDense(4 * width, activation="gelu", kernel_initializer=seeds.normal(),
+    x = PointwiseDense(4 * width, activation="gelu", kernel_initializer=_normal(seeds),
                        name=f"{name}_pointwise_conv_1")(x)
-    x = PointwiseDense(width, kernel_initializer=seeds.normal(),
+    x = PointwiseDense(width, kernel_initializer=_normal(seeds),
                        name=f"{name}_pointwise_conv_2")(x)
     x = LayerScale(LAYER_SCALE_INIT, width, name=f"{name}_layer_scale")(x)
     if drop_rate:
@@ -143,48 +132,77 @@ def _block(x, width: int, drop_rate: float, name: str, seeds: _Seeds, depthwise:
     return keras.layers.Add(name=f"{name}_add")([shortcut, x])
 
 
-def build_convnext_tiny(
-    image_size: int | None,
-    stride_one_above: int | None,
-    name: str,
-    seed: int | None = None,
-    depthwise: bool = True,
-    drop_path_rate: float = DROP_PATH_RATE,
-) -> keras.Model:
-    """The randomly initialised ConvNeXt-Tiny feature extractor.
+def _normal(seeds: LayerSeeds, stddev: float = 0.02):
+    return keras.initializers.RandomNormal(stddev=stddev, seed=seeds.next())
+
+
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class ConvNeXtBackbone(Backbone):
+    """ConvNeXt-Tiny feature extractor (see the module docstring), randomly initialised.
 
     Args:
         image_size: S for (batch, S, S, 3) inputs (None: any size).
-        stride_one_above: downsamplers with more input channels than this get stride 1
-            (None: keras.applications' strides, for tests).
+        stride_one_above: downsamplers with more input channels than this get stride 1:
+            100 gives the 26x26 grid, 300 the 13x13 one at 224 (None: keras.applications'
+            strides, for tests).
+        seed: initialiser seed (each layer gets its own, derived from it).
         depthwise: `DepthwiseConv2D` (True) or keras.applications' `Conv2D(groups=C)`.
+        drop_path_rate: stochastic depth of the last block (linear from 0).
 
-    Returns:
-        A functional model (batch, S, S, 3) 0..255 RGB → (batch, H, W, 768).
+    Output: (batch, H, W, 768), H = W = 26 (13) at 224 for stride_one_above 100 (300).
     """
-    seeds = _Seeds(seed)
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = ImagePreprocessing(IMAGENET_MEAN, IMAGENET_STD, name=f"{PREFIX}_prestem_normalization")(
-        inputs)
-    x = keras.layers.Conv2D(WIDTHS[0], 4, strides=4, kernel_initializer=seeds.normal(),
-                            name=f"{PREFIX}_stem_conv")(x)
-    x = LayerNormalizationFast(epsilon=1e-6, name=f"{PREFIX}_stem_layernorm")(x)
-    drop_rates = np.linspace(0.0, drop_path_rate, sum(DEPTHS))
-    block_index = 0
-    for stage, (depth, width) in enumerate(zip(DEPTHS, WIDTHS)):
-        if stage:
-            i = stage - 1
-            in_channels = WIDTHS[stage - 1]
-            stride = 1 if stride_one_above is not None and in_channels > stride_one_above else 2
-            x = LayerNormalizationFast(
-                epsilon=1e-6, name=f"{PREFIX}_downsampling_layernorm_{i}")(x)
-            x = keras.layers.Conv2D(width, 2, strides=stride, kernel_initializer=seeds.normal(),
-                                    name=f"{PREFIX}_downsampling_conv_{i}")(x)
-        for j in range(depth):
-            x = _block(x, width, float(drop_rates[block_index]),
-                       f"{PREFIX}_stage_{stage}_block_{j}", seeds, depthwise)
-            block_index += 1
-    return keras.Model(inputs, x, name=name)
+
+    def __init__(self, image_size: int | None = 224, stride_one_above: int | None = 100,
+                 seed: int | None = None, depthwise: bool = True,
+                 drop_path_rate: float = DROP_PATH_RATE, **kwargs):
+        kwargs.setdefault("name", "convnext_tiny")
+        # === Functional Model ===
+        seeds = LayerSeeds(seed)
+        inputs = keras.Input((image_size, image_size, 3), name="images")
+        x = ImagePreprocessing(IMAGENET_MEAN, IMAGENET_STD,
+                               name=f"{PREFIX}_prestem_normalization")(inputs)
+        x = keras.layers.Conv2D(WIDTHS[0], 4, strides=4, kernel_initializer=_normal(seeds),
+                                name=f"{PREFIX}_stem_conv")(x)
+        x = LayerNormalizationFast(epsilon=1e-6, name=f"{PREFIX}_stem_layernorm")(x)
+        drop_rates = np.linspace(0.0, drop_path_rate, sum(DEPTHS))
+        block_index = 0
+        for stage, (depth, width) in enumerate(zip(DEPTHS, WIDTHS)):
+            if stage:
+                i = stage - 1
+                in_channels = WIDTHS[stage - 1]
+                stride = 1 if stride_one_above is not None and in_channels > stride_one_above \
+                    else 2
+                x = LayerNormalizationFast(
+                    epsilon=1e-6, name=f"{PREFIX}_downsampling_layernorm_{i}")(x)
+                x = keras.layers.Conv2D(width, 2, strides=stride,
+                                        kernel_initializer=_normal(seeds),
+                                        name=f"{PREFIX}_downsampling_conv_{i}")(x)
+            for j in range(depth):
+                x = _block(x, width, float(drop_rates[block_index]),
+                           f"{PREFIX}_stage_{stage}_block_{j}", seeds, depthwise)
+                block_index += 1
+        super().__init__(inputs, x, **kwargs)
+        # === Config ===
+        self.stride_one_above = stride_one_above
+        self.seed = seed
+        self.depthwise = bool(depthwise)
+        self.drop_path_rate = float(drop_path_rate)
+
+    def group_of(self, layer: keras.layers.Layer) -> str:
+        last_stage = f"{PREFIX}_stage_3_"
+        if layer.name.startswith(f"{last_stage}block_2_"):
+            return "train"
+        if layer.name.startswith(last_stage) or layer.name in (
+                f"{PREFIX}_downsampling_layernorm_2", f"{PREFIX}_downsampling_conv_2"):
+            return "freeze"
+        return "backbone"
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(image_size=self.image_size, stride_one_above=self.stride_one_above,
+                      seed=self.seed, depthwise=self.depthwise,
+                      drop_path_rate=self.drop_path_rate)
+        return config
 
 
 def _reference(weights=None, include_top=False):
@@ -194,32 +212,16 @@ def _reference(weights=None, include_top=False):
     )
 
 
-def _groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
-    train, freeze, backbone = [], [], []
-    last_stage = f"{PREFIX}_stage_3_"
-    last_downsampler = (f"{PREFIX}_downsampling_layernorm_2", f"{PREFIX}_downsampling_conv_2")
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        if layer.name.startswith(f"{last_stage}block_2_"):
-            train.append(layer)
-        elif layer.name.startswith(last_stage) or layer.name in last_downsampler:
-            freeze.append(layer)
-        else:
-            backbone.append(layer)
-    return {"backbone": backbone, "freeze": freeze, "train": train}
-
-
 def _builder(name: str, stride_one_above: int):
     def build(image_size: int, weights: str | None = "imagenet", seed: int | None = None):
         return build_with_weights(
-            lambda: build_convnext_tiny(image_size, stride_one_above, name=name, seed=seed),
+            lambda: ConvNeXtBackbone(image_size, stride_one_above, seed=seed, name=name),
             weights, _reference, net=name, app_name="ConvNeXtTiny", imagenet_file=IMAGENET_FILE)
 
     build.__name__ = name
     build.__doc__ = (f"`{name}`: ConvNeXt-Tiny, downsamplers with > {stride_one_above} input "
                      "channels at stride 1. weights: 'imagenet', a file path or None/'none'.")
-    return register_backbone(name, grouper=_groups)(build)
+    return register_backbone(name)(build)
 
 
 convnext_tiny_26 = _builder("convnext_tiny_26", 100)

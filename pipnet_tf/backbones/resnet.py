@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 
 from pipnet_tf.backbones import register_backbone
+from pipnet_tf.backbones.backbone import Backbone, LayerSeeds
 from pipnet_tf.backbones.weights import ImagePreprocessing, build_with_weights
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -38,86 +39,87 @@ VARIANTS = {
 }
 
 
-class _Init:
-    """Kaiming-normal (fan_out, relu) conv initialisers with distinct derived seeds."""
-
-    def __init__(self, seed: int | None):
-        self.seed, self.count = seed, 0
-
-    def __call__(self):
-        self.count += 1
-        seed = None if self.seed is None else int(self.seed) * 1000 + self.count
-        return keras.initializers.VarianceScaling(
-            2.0, mode="fan_out", distribution="untruncated_normal", seed=seed)
-
-
-def _conv_bn(x, filters, kernel, stride, name, init, padding="valid"):
+def _conv_bn(x, filters, kernel, stride, name, seeds: LayerSeeds, padding="valid"):
+    init = keras.initializers.VarianceScaling(
+        2.0, mode="fan_out", distribution="untruncated_normal", seed=seeds.next())
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding,
-                            kernel_initializer=init(), name=f"{name}_conv")(x)
+                            kernel_initializer=init, name=f"{name}_conv")(x)
     return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
                                            name=f"{name}_bn")(x)
 
 
-def _bottleneck(x, filters: int, stride: int, shortcut_conv: bool, name: str, init):
-    shortcut = _conv_bn(x, 4 * filters, 1, stride, f"{name}_0", init) if shortcut_conv else x
-    x = _conv_bn(x, filters, 1, stride, f"{name}_1", init)
+def _bottleneck(x, filters: int, stride: int, shortcut_conv: bool, name: str, seeds):
+    shortcut = _conv_bn(x, 4 * filters, 1, stride, f"{name}_0", seeds) if shortcut_conv else x
+    x = _conv_bn(x, filters, 1, stride, f"{name}_1", seeds)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = _conv_bn(x, filters, 3, 1, f"{name}_2", init, padding="same")
+    x = _conv_bn(x, filters, 3, 1, f"{name}_2", seeds, padding="same")
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
-    x = _conv_bn(x, 4 * filters, 1, 1, f"{name}_3", init)
+    x = _conv_bn(x, 4 * filters, 1, 1, f"{name}_3", seeds)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def build_resnet(
-    image_size: int | None,
-    blocks: tuple[int, int, int, int],
-    name: str,
-    seed: int | None = None,
-    strides: tuple[int, int, int, int] = (1, 2, 1, 1),
-) -> keras.Model:
-    """The randomly initialised ResNet feature extractor.
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class ResNetBackbone(Backbone):
+    """keras.applications-layout ResNet feature extractor, randomly initialised.
 
     Args:
-        blocks: bottleneck blocks in conv2..conv5.
+        image_size: S for (batch, S, S, 3) inputs (None: any size).
+        blocks: bottleneck blocks in conv2..conv5, e.g. (3, 4, 6, 3) for ResNet-50.
         strides: strides of the first blocks of conv2..conv5; (1, 2, 2, 2) is
             keras.applications' original layout (for tests).
+        seed: initialiser seed (each conv gets its own, derived from it).
 
-    Returns:
-        A functional model (batch, S, S, 3) 0..255 RGB → (batch, H, W, 2048).
+    Output: (batch, S/8, S/8, 2048) with the default strides.
     """
-    init = _Init(seed)
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = ImagePreprocessing(CAFFE_BGR_MEAN, bgr=True, name="caffe_preprocessing")(inputs)
-    x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = _conv_bn(x, 64, 7, 2, "conv1", init)
-    x = keras.layers.Activation("relu", name="conv1_relu")(x)
-    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
-    for stage, (count, filters, stride) in enumerate(zip(blocks, (64, 128, 256, 512), strides)):
-        for b in range(count):
-            x = _bottleneck(x, filters, stride if b == 0 else 1, b == 0,
-                            f"conv{stage + 2}_block{b + 1}", init)
-    return keras.Model(inputs, x, name=name)
+
+    def __init__(self, image_size: int | None = 224, blocks=(3, 4, 6, 3),
+                 strides=(1, 2, 1, 1), seed: int | None = None, **kwargs):
+        if len(blocks) != 4 or len(strides) != 4:
+            raise ValueError(f"`blocks` and `strides` need 4 values (conv2..conv5), received "
+                             f"blocks={blocks}, strides={strides}")
+        kwargs.setdefault("name", "resnet")
+        # === Functional Model ===
+        seeds = LayerSeeds(seed)
+        inputs = keras.Input((image_size, image_size, 3), name="images")
+        x = ImagePreprocessing(CAFFE_BGR_MEAN, bgr=True, name="caffe_preprocessing")(inputs)
+        x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
+        x = _conv_bn(x, 64, 7, 2, "conv1", seeds)
+        x = keras.layers.Activation("relu", name="conv1_relu")(x)
+        x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+        for stage, (count, filters, stride) in enumerate(zip(blocks, (64, 128, 256, 512),
+                                                             strides)):
+            for b in range(count):
+                x = _bottleneck(x, filters, stride if b == 0 else 1, b == 0,
+                                f"conv{stage + 2}_block{b + 1}", seeds)
+        super().__init__(inputs, x, **kwargs)
+        # === Config ===
+        self.blocks = tuple(int(b) for b in blocks)
+        self.strides = tuple(int(s) for s in strides)
+        self.seed = seed
+
+    def group_of(self, layer: keras.layers.Layer) -> str:
+        return resnet_group(layer.name)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(image_size=self.image_size, blocks=list(self.blocks),
+                      strides=list(self.strides), seed=self.seed)
+        return config
 
 
-def _groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
-    groups = {"backbone": [], "freeze": [], "train": [], "never": []}
-    last_block = "conv5_block3_"  # every variant has 3 blocks in conv5
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        if layer.name.startswith(last_block):
-            groups["train"].append(layer)
-        elif layer.name.startswith(("conv4_", "conv5_")):
-            groups["freeze"].append(layer)
-        elif layer.name.startswith("conv3_"):
-            groups["backbone"].append(layer)
-        elif layer.name.startswith(("conv1_", "conv2_")):
-            groups["never"].append(layer)
-        else:
-            raise ValueError(f"ResNet layer {layer.name!r} belongs to no group.")
-    return groups
+def resnet_group(name: str) -> str:
+    """SPEC §3 group of a layer named like keras.applications' ResNet layers."""
+    if name.startswith("conv5_block3_"):  # every variant has 3 blocks in conv5
+        return "train"
+    if name.startswith(("conv4_", "conv5_")):
+        return "freeze"
+    if name.startswith("conv3_"):
+        return "backbone"
+    if name.startswith(("conv1_", "conv2_")):
+        return "never"
+    raise ValueError(f"ResNet layer {name!r} belongs to no group.")
 
 
 def _builder(name: str, variant: str, imagenet: bool):
@@ -133,7 +135,7 @@ def _builder(name: str, variant: str, imagenet: bool):
                 f"(--weights=PATH, a file saved from keras.applications.{app_name}) "
                 f"or 'none'; received weights={weights!r}.")
         return build_with_weights(
-            lambda: build_resnet(image_size, blocks, name=name, seed=seed),
+            lambda: ResNetBackbone(image_size, blocks, seed=seed, name=name),
             weights, reference, net=name, app_name=app_name,
             imagenet_file=imagenet_file if imagenet else None)
 
@@ -141,7 +143,7 @@ def _builder(name: str, variant: str, imagenet: bool):
     build.__doc__ = (f"`{name}`: keras.applications {app_name} with conv4/conv5 at stride 1. "
                      "weights: " + ("'imagenet', " if imagenet else "") + "a file path or "
                      "None/'none'.")
-    return register_backbone(name, grouper=_groups)(build)
+    return register_backbone(name)(build)
 
 
 resnet50 = _builder("resnet50", "resnet50", imagenet=True)

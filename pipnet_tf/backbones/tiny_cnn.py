@@ -11,22 +11,32 @@ The 2x2 stride-2 downsamplers centre latent cell i's receptive field at pixel
 8i + 3.5, which is where the reference's patch mapping (SPEC §4: patch 32·S/224,
 skip (S − patch)/(W − 1)) puts its box; strided 3x3 "same" convs would shift it by
 several pixels down and right.
+
+Layer groups (mirroring ConvNeXt's, SPEC §3): backbone = stem + stage 1; freeze =
+stage 2 + stage 3's downsampler; train = the last conv.
+
+Example:
+    >>> backbone = TinyCNNBackbone(image_size=64, seed=1)
+    >>> backbone(np.zeros((2, 64, 64, 3), "float32")).shape
+    TensorShape([2, 8, 8, 64])
 """
 from __future__ import annotations
 
 import keras
 
 from pipnet_tf.backbones import register_backbone
+from pipnet_tf.backbones.backbone import Backbone, LayerSeeds
 
 
-def _conv(x, filters: int, kernel: int, stride: int, name: str, seed, activation: bool = True):
+def _conv(x, filters: int, kernel: int, stride: int, name: str, seeds: LayerSeeds,
+          activation: bool = True):
     x = keras.layers.Conv2D(
         filters,
         kernel,
         strides=stride,
         padding="same" if stride == 1 else "valid",
         use_bias=not activation,
-        kernel_initializer=keras.initializers.HeNormal(seed=seed),
+        kernel_initializer=keras.initializers.HeNormal(seed=seeds.next()),
         name=f"{name}_conv",
     )(x)
     if not activation:
@@ -36,37 +46,60 @@ def _conv(x, filters: int, kernel: int, stride: int, name: str, seed, activation
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _groups(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
-    """backbone = stem + stage 1; freeze = stage 2 + stage 3's downsampler; train = the
-    last conv (mirroring ConvNeXt's groups in SPEC §3)."""
+@keras.saving.register_keras_serializable(package="pipnet_tf")
+class TinyCNNBackbone(Backbone):
+    """The tiny CNN (see the module docstring).
 
-    def by_prefix(*prefixes):
-        return [layer for layer in model.layers if layer.weights and layer.name.startswith(prefixes)]
+    Args:
+        image_size: S, divisible by 8 (None: any size divisible by 8).
+        width: channels of the stem; the output has `4·width` channels.
+        seed: seed of the initialisers (each layer gets its own, derived from it).
+    """
 
-    return {
-        "backbone": by_prefix("stem", "stage1"),
-        "freeze": by_prefix("stage2", "stage3_down"),
-        "train": by_prefix("stage3_conv"),
-    }
+    def __init__(self, image_size: int | None = 64, width: int = 16, seed: int | None = None,
+                 **kwargs):
+        if image_size is not None and (int(image_size) < 8 or int(image_size) % 8):
+            raise ValueError(f"tiny_cnn needs an image size divisible by 8, received "
+                             f"{image_size}.")
+        if int(width) < 1:
+            raise ValueError(f"`width` must be positive, received: {width}")
+        kwargs.setdefault("name", "tiny_cnn")
+        # === Functional Model ===
+        seeds = LayerSeeds(seed)
+        inputs = keras.Input((image_size, image_size, 3), name="images")
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+        x = _conv(x, width, 3, 1, "stem", seeds)
+        x = _conv(x, width * 2, 2, 2, "stage1_down", seeds)
+        x = _conv(x, width * 2, 3, 1, "stage1", seeds)
+        x = _conv(x, width * 4, 2, 2, "stage2_down", seeds)
+        x = _conv(x, width * 4, 3, 1, "stage2", seeds)
+        x = _conv(x, width * 4, 2, 2, "stage3_down", seeds)
+        x = _conv(x, width * 4, 3, 1, "stage3", seeds, activation=False)
+        super().__init__(inputs, x, **kwargs)
+        # === Config ===
+        self.width = int(width)
+        self.seed = seed
+
+    def group_of(self, layer: keras.layers.Layer) -> str:
+        if layer.name.startswith(("stem", "stage1")):
+            return "backbone"
+        if layer.name.startswith(("stage2", "stage3_down")):
+            return "freeze"
+        return "train"
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(image_size=self.image_size, width=self.width, seed=self.seed)
+        return config
 
 
-@register_backbone("tiny_cnn", grouper=_groups)
-def tiny_cnn(image_size: int, weights: str | None = None, seed: int | None = None, width: int = 16):
+@register_backbone("tiny_cnn")
+def tiny_cnn(image_size: int, weights: str | None = None, seed: int | None = None
+             ) -> TinyCNNBackbone:
     """Builds the tiny CNN. Only random initialisation (`weights` None or "none")."""
     if weights not in (None, "none"):
         raise ValueError(
             f"Backbone 'tiny_cnn' has no pretrained weights; received weights={weights!r}. "
             "Use --weights=none."
         )
-    if image_size % 8:
-        raise ValueError(f"tiny_cnn needs an image size divisible by 8, received {image_size}.")
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
-    x = _conv(x, width, 3, 1, "stem", seed)
-    x = _conv(x, width * 2, 2, 2, "stage1_down", seed)
-    x = _conv(x, width * 2, 3, 1, "stage1", seed)
-    x = _conv(x, width * 4, 2, 2, "stage2_down", seed)
-    x = _conv(x, width * 4, 3, 1, "stage2", seed)
-    x = _conv(x, width * 4, 2, 2, "stage3_down", seed)
-    x = _conv(x, width * 4, 3, 1, "stage3", seed, activation=False)
-    return keras.Model(inputs, x, name="tiny_cnn")
+    return TinyCNNBackbone(image_size=image_size, seed=seed)

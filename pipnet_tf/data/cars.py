@@ -12,24 +12,15 @@ x, y, w, h (the devkit's inclusive x1, y1, x2, y2 converted); PIP-Net does not c
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 
 import numpy as np
 
 from pipnet_tf.data.cub import ImageRecords
-from pipnet_tf.data.records import make_records
+from pipnet_tf.data.records import LabelledSplits, make_records
 
 TEST_ANNOS = "cars_test_annos_withlabels.mat"
-
-
-@dataclasses.dataclass(frozen=True)
-class CarsLayout:
-    root: pathlib.Path
-    class_names: list[str]
-    train: ImageRecords
-    test: ImageRecords
 
 
 def _test_annos(root: pathlib.Path) -> pathlib.Path | None:
@@ -61,7 +52,7 @@ def _split(annos_path: pathlib.Path, images: pathlib.Path) -> ImageRecords:
     return make_records(paths, field("class").astype(np.int64) - 1, boxes)
 
 
-def load_cars_devkit(root: str | os.PathLike) -> CarsLayout:
+def load_cars_devkit(root: str | os.PathLike) -> LabelledSplits:
     """Parses the Stanford Cars release at `root` (see the module docstring)."""
     root = pathlib.Path(root).expanduser().absolute()
     test_annos = _test_annos(root)
@@ -73,4 +64,4 @@ def load_cars_devkit(root: str | os.PathLike) -> CarsLayout:
         _loadmat(root / "devkit" / "cars_meta.mat")["class_names"])]
     train = _split(root / "devkit" / "cars_train_annos.mat", root / "cars_train")
     test = _split(test_annos, root / "cars_test")
-    return CarsLayout(root, class_names, train, test)
+    return LabelledSplits(root, class_names, train, test)

@@ -35,6 +35,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
+from pipnet_tf.io import atomic_output
+
 # Above this the file is pre-downscaled (PIL's decompression-bomb warning starts at ~89M).
 DEFAULT_MAX_PIXELS = 40_000_000
 _NATIVE_MODES = {"JPEG": {"RGB", "L"},
@@ -140,9 +142,8 @@ def _convert(path: str, size: tuple[int, int], cache_dir: pathlib.Path, max_pixe
             scale = (max_pixels / (rgb.width * rgb.height)) ** 0.5
             rgb = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))),
                              Image.Resampling.BILINEAR, reducing_gap=3.0)
-        tmp = target.with_name(f"{target.stem}.tmp{os.getpid()}.{threading.get_ident()}.png")
-        rgb.save(tmp, "PNG", compress_level=1)
-        os.replace(tmp, target)
+        with atomic_output(target) as tmp:
+            rgb.save(tmp, "PNG", compress_level=1)
         return str(target), size, ""
     except Exception as e:  # noqa: BLE001 - any decoder failure means "unusable file"
         return "", (0, 0), f"cannot be decoded ({type(e).__name__}: {e})"

@@ -13,26 +13,15 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 
 from absl import logging
 
 from pipnet_tf.data.cub import ImageRecords
-from pipnet_tf.data.records import make_records, stratified_split
+from pipnet_tf.data.records import LabelledSplits, make_records, stratified_split
 
 TEST_DIR_NAMES = ("test", "val", "valid", "validation")
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderDataset:
-    """A class-folder dataset: `class_names` index the labels of `train` and `test`."""
-
-    root: pathlib.Path
-    class_names: list[str]
-    train: ImageRecords
-    test: ImageRecords
 
 
 def _visible(name: str) -> bool:
@@ -61,7 +50,7 @@ def _records(files: dict[str, list[str]], class_names: list[str]) -> ImageRecord
 
 
 def load_image_folder(root: str | os.PathLike, validation_size: float = 0.2,
-                      seed: int = 0) -> FolderDataset:
+                      seed: int = 0) -> LabelledSplits:
     """Reads a class-folder dataset at `root` (see the module docstring).
 
     Args:
@@ -106,4 +95,4 @@ def load_image_folder(root: str | os.PathLike, validation_size: float = 0.2,
         train, test = train.select(~held), train.select(held)
     logging.info("Image folder %s: %d classes, %d train and %d test files", root,
                  len(class_names), len(train), len(test))
-    return FolderDataset(root, class_names, train, test)
+    return LabelledSplits(root, class_names, train, test)

@@ -8,23 +8,14 @@ extracted into one folder):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import re
 
 from pipnet_tf.data.cub import ImageRecords
-from pipnet_tf.data.records import make_records
+from pipnet_tf.data.records import LabelledSplits, make_records
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
-
-
-@dataclasses.dataclass(frozen=True)
-class PetsLayout:
-    root: pathlib.Path
-    class_names: list[str]
-    train: ImageRecords
-    test: ImageRecords
 
 
 def is_pets_layout(root: str | os.PathLike) -> bool:
@@ -46,7 +37,7 @@ def _read_split(path: pathlib.Path) -> list[tuple[str, int]]:
     return rows
 
 
-def load_pets_layout(root: str | os.PathLike) -> PetsLayout:
+def load_pets_layout(root: str | os.PathLike) -> LabelledSplits:
     """Parses the Oxford-IIIT Pet layout at `root`; labels are class id - 1 and class
     names come from the image names (`Abyssinian_1` → "Abyssinian")."""
     root = pathlib.Path(root).expanduser().absolute()
@@ -63,4 +54,4 @@ def load_pets_layout(root: str | os.PathLike) -> PetsLayout:
     class_names = [names.get(i, f"class_{i}") for i in range(1, num_classes + 1)]
     records = {s: make_records([str(root / "images" / f"{image}.jpg") for image, _ in rows],
                                [c - 1 for _, c in rows]) for s, rows in splits.items()}
-    return PetsLayout(root, class_names, records["train"], records["test"])
+    return LabelledSplits(root, class_names, records["train"], records["test"])

@@ -1,13 +1,25 @@
-"""Building `ImageRecords` for datasets without CUB's annotations, and a seeded,
-stratified train/validation split."""
+"""Building `ImageRecords` for datasets without CUB's annotations, the train/test pair
+every reader returns, and a seeded, stratified train/validation split."""
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from pipnet_tf.data.cub import ImageRecords
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSplits:
+    """A dataset's train and test records: `class_names` index the labels of both."""
+
+    root: pathlib.Path
+    class_names: list[str]
+    train: ImageRecords
+    test: ImageRecords
 
 
 def make_records(paths: Sequence[str], labels: Sequence[int] | np.ndarray,

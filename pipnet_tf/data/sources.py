@@ -1,7 +1,8 @@
-"""Finds a dataset on disk: `cub`, `cars`, `pets` (raw layouts or prepared tfds builders)
-and `folder` (class folders), as a `DatasetSource` of file records.
+"""Finds a dataset's files on disk, as a `DatasetSource` of train/test file records.
 
-Order of the search for `--dataset=NAME --data_dir=DIR`:
+One finder per dataset; `pipnet_tf.data.registry` maps names to them. The search for
+`--dataset=NAME --data_dir=DIR`:
+- synthetic: generated once into `cache_dir` (`pipnet_tf.data.synthetic`);
 - cub: the CUB-200-2011 layout at DIR (or DIR/CUB_200_2011), else tfds
   `caltech_birds2011` prepared in DIR (or in tfds's default data dir without DIR);
 - cars: the Stanford Cars release at DIR (`pipnet_tf.data.cars`), else class folders
@@ -16,15 +17,13 @@ Nothing is downloaded unless `download=True`; a missing dataset raises
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 
 from pipnet_tf.data import cars as cars_lib
 from pipnet_tf.data import pets as pets_lib
 from pipnet_tf.data.cub import CubLayout, ImageRecords, load_cub_layout
 from pipnet_tf.data.folder import load_image_folder
-
-DATASETS = ("cub", "cars", "pets", "folder")
+from pipnet_tf.data.records import LabelledSplits
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -32,15 +31,39 @@ class DatasetUnavailableError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetRequest:
+    """What the user asked for: `--dataset=NAME[:PATH]` and the flags that locate it.
+
+    `path` is the part after "NAME:" (empty without); `data_dir` is `--data_dir`.
+    `image_size` and the two `synthetic_*` counts shape the built-in dataset only.
+    """
+
+    name: str
+    path: str = ""
+    data_dir: str = ""
+    cache_dir: str = ".cache/pipnet_tf"
+    validation_size: float = 0.2
+    seed: int = 0
+    download: bool = False
+    image_size: int = 64
+    synthetic_train_per_class: int = 120
+    synthetic_test_per_class: int = 50
+
+    @property
+    def root(self) -> pathlib.Path | None:
+        where = self.path or self.data_dir
+        return pathlib.Path(where).expanduser() if where else None
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSource:
-    """Train/test file records of one dataset plus how PIP-Net treats it (SPEC §5).
+    """Train/test file records of one dataset as found on disk.
 
     Attributes:
-        name: "cub", "cars", "pets", "folder" or "synthetic".
+        name: the registry name ("cub", "cars", "pets", "folder" or "synthetic").
         origin: where the data was found, for the logs.
-        crop_to_bbox: phase-2 training and testing use bounding-box crops (CUB); the
-            pretraining and projection sets use the full images.
-        augment / pretrain_augment: `AugmentConfig.for_image_size` dataset keys.
+        part_names: names of the annotated parts (CUB layouts), else empty.
+        default_ood: OoD image folders that come with the dataset (name → path).
     """
 
     name: str
@@ -49,34 +72,30 @@ class DatasetSource:
     train: ImageRecords
     test: ImageRecords
     part_names: list[str] = dataclasses.field(default_factory=list)
-    crop_to_bbox: bool = False
-    augment: str = "cub"
-    pretrain_augment: str = "cub"
     root: pathlib.Path | None = None
+    default_ood: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def from_cub_layout(layout: CubLayout, name: str, origin: str, crop_to_bbox: bool,
-                    augment: str, pretrain_augment: str) -> DatasetSource:
+def _from_cub(layout: CubLayout, name: str, origin: str, **extra) -> DatasetSource:
     return DatasetSource(name, origin, list(layout.class_names), layout.split("train"),
-                         layout.split("test"), list(layout.part_names), crop_to_bbox, augment,
-                         pretrain_augment, layout.root)
+                         layout.split("test"), list(layout.part_names), layout.root, **extra)
 
 
-def _has_class_folders(root: pathlib.Path) -> bool:
-    return (root / "train").is_dir()
+def _from_splits(data: LabelledSplits, name: str, origin: str) -> DatasetSource:
+    return DatasetSource(name, origin, data.class_names, data.train, data.test, root=data.root)
 
 
-def _tfds(key: str, data_dir: str, cache_dir: str | os.PathLike, download: bool,
-          help_text: str) -> CubLayout:
+def _tfds(key: str, request: DatasetRequest, help_text: str) -> CubLayout:
     from pipnet_tf.data.tfds_sources import (
         BUILDERS,
         TfdsDataUnavailable,
         materialize_tfds,
     )
 
-    name = BUILDERS[key]
+    name, data_dir = BUILDERS[key], request.data_dir
     try:
-        return load_cub_layout(materialize_tfds(name, data_dir or None, cache_dir, download))
+        return load_cub_layout(materialize_tfds(name, data_dir or None, request.cache_dir,
+                                                request.download))
     except TfdsDataUnavailable as e:
         where = repr(data_dir) if data_dir else "tfds's default data dir (~/tensorflow_datasets)"
         given = f"--data_dir={data_dir!r}" if data_dir else "no --data_dir given"
@@ -88,76 +107,80 @@ def _tfds(key: str, data_dir: str, cache_dir: str | os.PathLike, download: bool,
             f"nothing: --dataset=synthetic.") from e
 
 
-_CUB_HELP = ("Download CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/), "
-             "extract it so that DIR/CUB_200_2011/images.txt, images/, bounding_boxes.txt and "
-             "parts/ exist, and pass --data_dir=DIR.")
-_CARS_HELP = ("Place the Stanford Cars release in DIR (DIR/cars_train/, DIR/cars_test/, "
-              "DIR/devkit/cars_meta.mat, DIR/devkit/cars_train_annos.mat, "
-              "DIR/cars_test_annos_withlabels.mat; reading .mat needs scipy) or class folders "
-              "DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg, and pass --data_dir=DIR.")
-_PETS_HELP = ("Extract images.tar.gz and annotations.tar.gz of Oxford-IIIT Pet into DIR "
-              "(DIR/images/*.jpg, DIR/annotations/trainval.txt and test.txt) or use class "
-              "folders DIR/train/<class>/ and DIR/test/<class>/, and pass --data_dir=DIR.")
+CUB_HELP = ("Download CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/), "
+            "extract it so that DIR/CUB_200_2011/images.txt, images/, bounding_boxes.txt and "
+            "parts/ exist, and pass --data_dir=DIR.")
+CARS_HELP = ("Place the Stanford Cars release in DIR (DIR/cars_train/, DIR/cars_test/, "
+             "DIR/devkit/cars_meta.mat, DIR/devkit/cars_train_annos.mat, "
+             "DIR/cars_test_annos_withlabels.mat; reading .mat needs scipy) or class folders "
+             "DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg, and pass --data_dir=DIR.")
+PETS_HELP = ("Extract images.tar.gz and annotations.tar.gz of Oxford-IIIT Pet into DIR "
+             "(DIR/images/*.jpg, DIR/annotations/trainval.txt and test.txt) or use class "
+             "folders DIR/train/<class>/ and DIR/test/<class>/, and pass --data_dir=DIR.")
+FOLDER_HELP = ("Place images as PATH/train/<class>/* and PATH/test/<class>/*, or PATH/<class>/* "
+               "split by --validation_size; the built-in dataset needs nothing: "
+               "--dataset=synthetic.")
 
 
-# dataset → (title, is its original layout?, reader, tfds builder, what to place where).
-_RAW_LAYOUTS = {
-    "cars": ("Stanford Cars", cars_lib.is_cars_devkit, cars_lib.load_cars_devkit, "cars196",
-             _CARS_HELP),
-    "pets": ("Oxford-IIIT Pet", pets_lib.is_pets_layout, pets_lib.load_pets_layout,
-             "oxford_iiit_pet", _PETS_HELP),
-}
+def find_synthetic(request: DatasetRequest) -> DatasetSource:
+    """The built-in dataset, generated into `cache_dir` on first use."""
+    from pipnet_tf.data.synthetic import SyntheticSpec, write_synthetic_cub
+
+    spec = SyntheticSpec(image_size=request.image_size,
+                         train_per_class=request.synthetic_train_per_class,
+                         test_per_class=request.synthetic_test_per_class)
+    layout = load_cub_layout(write_synthetic_cub(request.cache_dir, spec))
+    ood = layout.root / "ood"
+    default_ood = {p.name: str(p) for p in sorted(ood.iterdir()) if p.is_dir()} \
+        if ood.is_dir() else {}
+    return _from_cub(layout, "synthetic", f"built-in dataset at {layout.root}",
+                     default_ood=default_ood)
 
 
-def _folder(key: str, root: pathlib.Path, validation_size: float, seed: int,
-            augment: str) -> DatasetSource:
-    data = load_image_folder(root, validation_size, seed)
-    return DatasetSource(key, f"image folders at {root}", data.class_names, data.train,
-                         data.test, augment=augment, pretrain_augment=augment, root=data.root)
+def find_cub(request: DatasetRequest) -> DatasetSource:
+    root = request.root
+    if root is not None and any((root / d / "images.txt").is_file()
+                                for d in (".", "CUB_200_2011")):
+        layout = load_cub_layout(root)
+        return _from_cub(layout, "cub", f"CUB layout at {layout.root}")
+    return _from_cub(_tfds("cub", request, CUB_HELP), "cub", "tfds caltech_birds2011")
 
 
-def load_source(dataset: str, data_dir: str = "", cache_dir: str | os.PathLike = ".cache",
-                validation_size: float = 0.2, seed: int = 0,
-                download: bool = False) -> DatasetSource:
-    """The `DatasetSource` for `--dataset=dataset` (see the module docstring).
+def find_folder(request: DatasetRequest) -> DatasetSource:
+    root = request.root
+    if root is None:
+        raise DatasetUnavailableError(
+            "--dataset='folder' needs a path: --dataset=folder:PATH or --data_dir=PATH, "
+            "with PATH/train/<class>/* and PATH/test/<class>/*, or PATH/<class>/* "
+            "(split by --validation_size).")
+    try:
+        data = load_image_folder(root, request.validation_size, request.seed)
+    except FileNotFoundError as e:
+        flag = f"{request.name}:{request.path}" if request.path else request.name
+        raise DatasetUnavailableError(f"--dataset={flag!r}: {e}. {FOLDER_HELP}") from e
+    return _from_splits(data, request.name, f"image folders at {data.root}")
 
-    Raises:
-        DatasetUnavailableError: nothing readable where the dataset should be.
-        ValueError: `dataset` is unknown, or a found dataset is malformed.
-    """
-    key, _, path = dataset.partition(":")
-    root = pathlib.Path(path or data_dir).expanduser() if (path or data_dir) else None
-    if key == "folder":
-        if root is None:
-            raise DatasetUnavailableError(
-                "--dataset='folder' needs a path: --dataset=folder:PATH or --data_dir=PATH, "
-                "with PATH/train/<class>/* and PATH/test/<class>/*, or PATH/<class>/* "
-                "(split by --validation_size).")
-        try:
-            return _folder("folder", root, validation_size, seed, "cub")
-        except FileNotFoundError as e:
-            raise DatasetUnavailableError(
-                f"--dataset={dataset!r}: {e}. Place images as PATH/train/<class>/* and "
-                f"PATH/test/<class>/*, or PATH/<class>/* split by --validation_size; the "
-                f"built-in dataset needs nothing: --dataset=synthetic.") from e
-    if key == "cub":
-        if root is not None and any((root / d / "images.txt").is_file()
-                                    for d in (".", "CUB_200_2011")):
-            layout = load_cub_layout(root)
-            return from_cub_layout(layout, "cub", f"CUB layout at {layout.root}", True, "cub",
-                                   "cub_pretrain")
-        layout = _tfds("cub", data_dir, cache_dir, download, _CUB_HELP)
-        return from_cub_layout(layout, "cub", "tfds caltech_birds2011", True, "cub",
-                               "cub_pretrain")
-    if key in _RAW_LAYOUTS:
-        # The dataset's original release, then class folders, then its tfds builder.
-        title, is_layout, load_layout, builder, help_text = _RAW_LAYOUTS[key]
+
+def _raw_layout_finder(key: str, title: str, is_layout, load_layout, builder: str,
+                       help_text: str):
+    """The dataset's original release, then class folders, then its tfds builder."""
+
+    def find(request: DatasetRequest) -> DatasetSource:
+        root = request.root
         if root is not None and is_layout(root):
             data = load_layout(root)
-            return DatasetSource(key, f"{title} at {data.root}", data.class_names, data.train,
-                                 data.test, augment=key, pretrain_augment=key, root=data.root)
-        if root is not None and _has_class_folders(root):
-            return _folder(key, root, validation_size, seed, key)
-        layout = _tfds(key, data_dir, cache_dir, download, help_text)
-        return from_cub_layout(layout, key, f"tfds {builder}", False, key, key)
-    raise ValueError(f"Unknown --dataset={dataset!r}; choose one of {DATASETS} or folder:PATH")
+            return _from_splits(data, key, f"{title} at {data.root}")
+        if root is not None and (root / "train").is_dir():
+            data = load_image_folder(root, request.validation_size, request.seed)
+            return _from_splits(data, key, f"image folders at {data.root}")
+        return _from_cub(_tfds(key, request, help_text), key, f"tfds {builder}")
+
+    find.__name__ = f"find_{key}"
+    return find
+
+
+find_cars = _raw_layout_finder("cars", "Stanford Cars", cars_lib.is_cars_devkit,
+                               cars_lib.load_cars_devkit, "cars196", CARS_HELP)
+find_pets = _raw_layout_finder("pets", "Oxford-IIIT Pet", pets_lib.is_pets_layout,
+                               pets_lib.load_pets_layout, "oxford_iiit_pet", PETS_HELP)
+

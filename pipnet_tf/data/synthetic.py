@@ -22,13 +22,13 @@ import json
 import os
 import pathlib
 import shutil
-import socket
-import tempfile
 import time
 
 import numpy as np
 from absl import logging
 from PIL import Image
+
+from pipnet_tf.io import atomic_output, remove_stale_partials
 
 from pipnet_tf.data.synthetic_render import (  # noqa: F401  (re-exported)
     CLASS_DEFINITIONS,
@@ -137,28 +137,13 @@ def _write_all(out: pathlib.Path, spec: SyntheticSpec) -> None:
                  spec.ood_per_kind * len(OOD_KINDS), time.monotonic() - start)
 
 
-def _remove_dead_partials(cache_root: pathlib.Path, prefix: str) -> None:
-    """Deletes partial directories of killed writers on this host; others are ignored."""
-    for path in cache_root.glob(prefix + "*"):
-        owner = path.name[len(prefix):].rsplit("-", 2)  # host, pid, random suffix
-        if len(owner) != 3 or owner[0] != socket.gethostname() or not owner[1].isdigit():
-            continue
-        try:
-            os.kill(int(owner[1]), 0)  # raises ProcessLookupError when the writer is gone
-        except ProcessLookupError:
-            logging.info("synthetic: removing partial directory %s of a dead writer", path)
-            shutil.rmtree(path, ignore_errors=True)
-        except (PermissionError, OverflowError):
-            pass
-
-
 def write_synthetic_cub(cache_root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()
                         ) -> pathlib.Path:
     """Writes the dataset to `cache_root/synthetic_<fingerprint>/` (once) and returns that path.
 
     The files are written to a temporary sibling directory that is renamed into place when
-    complete, so an interrupted run never leaves a directory that looks complete; a complete
-    directory is reused as is.
+    complete (`pipnet_tf.io.atomic_output`), so an interrupted run never leaves a directory
+    that looks complete; a complete directory is reused as is.
     """
     if not isinstance(spec, SyntheticSpec):
         raise ValueError(f"spec must be a SyntheticSpec, got {spec!r}")
@@ -173,21 +158,13 @@ def write_synthetic_cub(cache_root: str | os.PathLike, spec: SyntheticSpec = Syn
     if final.exists() and not (final / COMPLETE_MARKER).is_file():
         logging.warning("synthetic: %s has no %s marker; regenerating it", final, COMPLETE_MARKER)
         shutil.rmtree(final)
-    prefix = f".{final.name}.partial-"
-    _remove_dead_partials(cache_root, prefix)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{prefix}{socket.gethostname()}-{os.getpid()}-",
-                                        dir=cache_root))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the renamed dataset should not be
-    logging.info("synthetic: generating %s (%s) in %s", final.name, spec, tmp)
+    remove_stale_partials(final)
+    logging.info("synthetic: generating %s (%s)", final.name, spec)
     try:
-        _write_all(tmp, spec)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / COMPLETE_MARKER).is_file():
-                raise
-            logging.info("synthetic: another writer finished %s first; using it", final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_output(final, directory=True, replace=False) as tmp:
+            _write_all(tmp, spec)
+    except FileExistsError:
+        if not (final / COMPLETE_MARKER).is_file():
+            raise
+        logging.info("synthetic: another writer finished %s first; using it", final)
     return final

@@ -13,11 +13,12 @@ from __future__ import annotations
 import io
 import os
 import pathlib
-import shutil
 
 import numpy as np
 from absl import logging
 from PIL import Image
+
+from pipnet_tf.io import atomic_output
 
 BUILDERS = {"cub": "caltech_birds2011", "cars": "cars196", "pets": "oxford_iiit_pet"}
 SPLITS = ("train", "test")
@@ -72,6 +73,31 @@ def _bbox_row(image_id: int, box: np.ndarray, size: tuple[int, int]) -> str | No
     return f"{image_id} {x0:.2f} {y0:.2f} {x1 - x0:.2f} {y1 - y0:.2f}"
 
 
+def _write_layout(builder, tmp: pathlib.Path, label_names: list[str]) -> int:
+    """Writes every split of `builder` into `tmp` in the CUB layout; returns the image count."""
+    tables = {k: [] for k in ("images", "image_class_labels", "train_test_split",
+                              "bounding_boxes")}
+    image_id = 0
+    for split in SPLITS:
+        for data, label, box in _examples(builder, split):
+            image_id += 1
+            folder = tmp / "images" / f"{label + 1:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            fname, size = _write_image(data, folder / f"{split}_{image_id:06d}")
+            tables["images"].append(f"{image_id} {label + 1:03d}/{fname}")
+            tables["image_class_labels"].append(f"{image_id} {label + 1}")
+            tables["train_test_split"].append(f"{image_id} {int(split == 'train')}")
+            row = _bbox_row(image_id, box, size) if box is not None else None
+            if row:
+                tables["bounding_boxes"].append(row)
+    tables["classes"] = [f"{i + 1} {i + 1:03d}.{n}" for i, n in enumerate(label_names)]
+    if not tables["bounding_boxes"]:  # optional; the CUB reader rejects an empty table
+        del tables["bounding_boxes"]
+    for table, rows in tables.items():
+        (tmp / f"{table}.txt").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return image_id
+
+
 def materialize_tfds(name: str, data_dir: str | None, cache_dir: str | os.PathLike,
                      download: bool = False) -> pathlib.Path:
     """CUB-layout folder holding tfds builder `name` (train + test); see module docstring.
@@ -97,32 +123,9 @@ def materialize_tfds(name: str, data_dir: str | None, cache_dir: str | os.PathLi
     except AssertionError as e:  # tfds's "could not find data in ..."
         raise TfdsDataUnavailable(f"tfds data for {name!r} is not prepared in "
                                   f"{builder.data_dir!r}") from e
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     label_names = builder.info.features["label"].names
-    tables = {k: [] for k in ("images", "image_class_labels", "train_test_split",
-                              "bounding_boxes")}
-    image_id = 0
-    for split in SPLITS:
-        for data, label, box in _examples(builder, split):
-            image_id += 1
-            folder = tmp / "images" / f"{label + 1:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            fname, size = _write_image(data, folder / f"{split}_{image_id:06d}")
-            tables["images"].append(f"{image_id} {label + 1:03d}/{fname}")
-            tables["image_class_labels"].append(f"{image_id} {label + 1}")
-            tables["train_test_split"].append(f"{image_id} {int(split == 'train')}")
-            row = _bbox_row(image_id, box, size) if box is not None else None
-            if row:
-                tables["bounding_boxes"].append(row)
-    tables["classes"] = [f"{i + 1} {i + 1:03d}.{n}" for i, n in enumerate(label_names)]
-    if not tables["bounding_boxes"]:  # optional; the CUB reader rejects an empty table
-        del tables["bounding_boxes"]
-    for table, rows in tables.items():
-        (tmp / f"{table}.txt").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-    (tmp / _DONE).write_text(f"{name} {builder.version}\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_output(out, directory=True) as tmp:
+        image_id = _write_layout(builder, tmp, label_names)
+        (tmp / _DONE).write_text(f"{name} {builder.version}\n")
     logging.info("Materialised tfds %s (%d images) in %s", name, image_id, out)
     return out

@@ -19,9 +19,9 @@ from absl import logging
 from PIL import Image
 
 from pipnet_tf import metrics, ood
-from pipnet_tf.data import pipeline
+from pipnet_tf.data.datasets import ImageSet
+from pipnet_tf.evaluation import collect_prototype_outputs
 from pipnet_tf.explain import global_view, local_view, render, report
-from pipnet_tf.explain.patches import collect_prototype_outputs
 from pipnet_tf.io import write_json
 
 
@@ -36,32 +36,21 @@ class GlobalExplanation:
     scoring_sheet_png: str
 
 
-def load_images(paths: Sequence[str], image_size: int, batch_size: int = 64) -> np.ndarray:
-    """(N, S, S, 3) uint8: the images exactly as the model sees them (eval resize)."""
-    ds = pipeline.eval_dataset(list(paths), np.zeros(len(paths), np.int32), image_size,
-                               batch_size, cache=False)
-    return np.concatenate([np.asarray(x, np.uint8) for x, _ in ds])
-
-
-def _dataset(paths: Sequence[str], image_size: int, batch_size: int):
-    return pipeline.eval_dataset(list(paths), np.zeros(len(paths), np.int32), image_size,
-                                 batch_size, cache=False)
-
-
-def build_global(model: keras.Model, train_paths: Sequence[str], class_names: Sequence[str],
-                 out_dir: str | pathlib.Path, image_size: int, k: int = 10, batch_size: int = 64,
+def build_global(model: keras.Model, train: ImageSet, class_names: Sequence[str],
+                 out_dir: str | pathlib.Path, k: int = 10, batch_size: int = 64,
                  verbose: int = 0, outputs: dict | None = None) -> GlobalExplanation:
     """Prototype grids and the scoring sheet from the (unaugmented) training images."""
     out_dir = pathlib.Path(out_dir)
     (out_dir / "global").mkdir(parents=True, exist_ok=True)
     if outputs is None:
-        logging.info("Global explanation: running the model over %d training images", len(train_paths))
-        outputs = collect_prototype_outputs(model, _dataset(train_paths, image_size, batch_size), verbose)
+        logging.info("Global explanation: running the model over %d training images", len(train))
+        outputs = collect_prototype_outputs(model, train.dataset(batch_size), verbose)
     kernel = model.classifier.kernel.numpy()
-    topk = global_view.prototype_topk(outputs, kernel, k)
+    topk = global_view.prototype_topk(outputs, kernel, model.patch_geometry(train.image_size), k)
     needed = sorted({e["image"] for entries in topk.values() for e in entries})
-    pixels = dict(zip(needed, load_images([train_paths[i] for i in needed], image_size, batch_size))) \
-        if needed else {}
+    pixels = (dict(zip(needed, train.select(needed).uint8_images(batch_size=batch_size)))
+              if needed else {})
+    train_paths = train.originals
     patches, pngs = {}, {}
     progress = keras.utils.Progbar(len(topk), verbose=verbose, unit_name="prototype")
     for n, (p, entries) in enumerate(topk.items()):
@@ -82,9 +71,9 @@ def build_global(model: keras.Model, train_paths: Sequence[str], class_names: Se
     return GlobalExplanation(topk, patches, pngs, sheet, "global/scoring_sheet.png")
 
 
-def explain_images(model: keras.Model, image_paths: Sequence[str], class_names: Sequence[str],
+def explain_images(model: keras.Model, images: ImageSet, class_names: Sequence[str],
                    global_explanation: GlobalExplanation, out_dir: str | pathlib.Path,
-                   image_size: int, batch_size: int = 64, verbose: int = 0,
+                   batch_size: int = 64, verbose: int = 0,
                    top_classes: int = local_view.TOP_CLASSES,
                    ood_thresholds: Sequence[float] | None = None) -> list[tuple[str, str]]:
     """One PNG (+ JSON) per image under out_dir/local; returns [(image name, relative png)].
@@ -92,10 +81,12 @@ def explain_images(model: keras.Model, image_paths: Sequence[str], class_names: 
     accepted as in-distribution."""
     out_dir = pathlib.Path(out_dir)
     (out_dir / "local").mkdir(parents=True, exist_ok=True)
-    if not image_paths:
+    if not len(images):
         return []
-    outputs = collect_prototype_outputs(model, _dataset(image_paths, image_size, batch_size))
-    pixels = load_images(image_paths, image_size, batch_size)
+    outputs = collect_prototype_outputs(model, images.dataset(batch_size))
+    pixels = images.uint8_images(batch_size=batch_size)
+    geometry = model.patch_geometry(images.image_size)
+    image_paths = images.originals
     kernel = model.classifier.kernel.numpy()
     verdicts = [None] * len(image_paths)
     if ood_thresholds is not None:
@@ -106,7 +97,7 @@ def explain_images(model: keras.Model, image_paths: Sequence[str], class_names: 
         name = pathlib.Path(path).name
         picture, description = local_view.explain_image(
             pixels[i], outputs["scores"][i], outputs["presence"][i], outputs["locations"][i],
-            tuple(outputs["latent_hw"]), kernel, class_names, global_explanation.patches,
+            geometry, kernel, class_names, global_explanation.patches,
             title=name, top_classes=top_classes, in_distribution=verdicts[i])
         stem = f"{i + 1:04d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', pathlib.Path(path).stem)}"
         picture.save(out_dir / "local" / f"{stem}.png")
@@ -116,14 +107,15 @@ def explain_images(model: keras.Model, image_paths: Sequence[str], class_names: 
     return written
 
 
-def write_explanations(model: keras.Model, class_names: Sequence[str], train_paths: Sequence[str],
-                       image_paths: Sequence[str], out_dir: str | pathlib.Path, image_size: int,
+def write_explanations(model: keras.Model, class_names: Sequence[str], train: ImageSet,
+                       images: ImageSet, out_dir: str | pathlib.Path,
                        evaluation: dict | None = None, title: str = "PIP-Net explanations",
                        k: int = 10, batch_size: int = 64, verbose: int = 0) -> pathlib.Path:
-    """Global + local explanations and `out_dir/index.html`; returns the index path."""
-    glob = build_global(model, train_paths, class_names, out_dir, image_size, k, batch_size, verbose)
+    """Global explanations from `train` (the unaugmented training images), local ones of
+    `images`, and `out_dir/index.html`; returns the index path."""
+    glob = build_global(model, train, class_names, out_dir, k, batch_size, verbose)
     thresholds = (evaluation or {}).get("ood", {}).get("thresholds")
-    local = explain_images(model, image_paths, class_names, glob, out_dir, image_size, batch_size,
+    local = explain_images(model, images, class_names, glob, out_dir, batch_size,
                            verbose, ood_thresholds=thresholds)
     return report.write_report(out_dir, title, evaluation, glob.scoring_sheet_png, glob.scoring_sheet,
                                glob.prototype_pngs, local)

@@ -11,30 +11,26 @@ from PIL import Image
 
 from pipnet_tf import metrics
 from pipnet_tf.explain import render
-from pipnet_tf.explain.patches import location_box
+from pipnet_tf.patch_geometry import PatchGeometry
 
 TOP_K = 10
 MIN_PRESENCE = 0.1
 
 
-def relevant_prototypes(kernel: np.ndarray) -> np.ndarray:
-    """Prototypes with any class weight > 1e-3; kernel (D, K)."""
-    return np.flatnonzero(np.max(metrics.effective_weights(kernel), axis=1) > metrics.NONZERO)
-
-
-def prototype_topk(outputs: dict, kernel: np.ndarray, k: int = TOP_K) -> dict[int, list[dict]]:
-    """For every relevant prototype with a top-k presence > 0.1: its k best training images
-    [{"image": index, "presence": p, "box": (h_min, h_max, w_min, w_max)}], best first.
-    `outputs` from `collect_prototype_outputs` (thresholded presence, locations)."""
+def prototype_topk(outputs: dict, kernel: np.ndarray, geometry: PatchGeometry,
+                   k: int = TOP_K) -> dict[int, list[dict]]:
+    """For every relevant prototype (a class weight > `metrics.NONZERO`) with a top-k
+    presence > 0.1: its k best training images [{"image": index, "presence": p,
+    "box": (h_min, h_max, w_min, w_max)}], best first. `outputs` from
+    `collect_prototype_outputs` (thresholded presence, locations)."""
     presence, locations = outputs["presence"], outputs["locations"]
-    latent_hw, size = tuple(outputs["latent_hw"]), int(outputs["image_size"])
     result = {}
-    for p in relevant_prototypes(kernel):
+    for p in metrics.relevant_prototypes(kernel):
         top = np.argsort(-presence[:, p], kind="stable")[:k]
         if not np.any(presence[top, p] > MIN_PRESENCE):
             continue
         result[int(p)] = [{"image": int(i), "presence": float(presence[i, p]),
-                           "box": location_box(size, latent_hw, locations[i, p])} for i in top]
+                           "box": geometry.location_box(locations[i, p])} for i in top]
     return result
 
 

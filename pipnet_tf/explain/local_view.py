@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipnet_tf import metrics
 from pipnet_tf.explain import render
-from pipnet_tf.explain.patches import location_box
+from pipnet_tf.patch_geometry import PatchGeometry
 
 TOP_CLASSES = 3
 MAX_PROTOTYPES = 6
@@ -32,7 +32,7 @@ def contributions(presence: np.ndarray, kernel: np.ndarray, class_index: int) ->
 
 
 def explain_image(image: np.ndarray, scores: np.ndarray, presence: np.ndarray,
-                  locations: np.ndarray, latent_hw, kernel: np.ndarray,
+                  locations: np.ndarray, geometry: PatchGeometry, kernel: np.ndarray,
                   class_names: Sequence[str], topk_patches: dict[int, list[Image.Image]],
                   title: str = "", top_classes: int = TOP_CLASSES,
                   max_prototypes: int = MAX_PROTOTYPES, k: int = 10,
@@ -41,11 +41,11 @@ def explain_image(image: np.ndarray, scores: np.ndarray, presence: np.ndarray,
 
     Args:
         image: (S, S, 3) 0..255, the model's input. scores (K,), presence (D,) thresholded,
-        locations (D,) flat latent index; kernel (D, K); topk_patches: prototype → its top-k
+        locations (D,) flat latent index; geometry: the model's patch geometry at the
+        image's size; kernel (D, K); topk_patches: prototype → its top-k
         training patches (global explanation). in_distribution: the FPR95 OoD verdict, when
         known (shown under the prediction).
     """
-    size = int(np.asarray(image).shape[0])
     big, thumb, tile, small_tile, pad = 224, 112, 80, 44, 8
     head, body, small = render.font(18, bold=True), render.font(14, bold=True), render.font(12)
     order = [int(c) for c in np.argsort(-scores, kind="stable")[:top_classes] if scores[c] > 0]
@@ -53,7 +53,7 @@ def explain_image(image: np.ndarray, scores: np.ndarray, presence: np.ndarray,
     rows = []  # (class, [(proto, presence, weight, contribution, box)])
     for c in order:
         items = contributions(presence, kernel, c)
-        rows.append((c, [(*it, location_box(size, latent_hw, locations[it[0]])) for it in items]))
+        rows.append((c, [(*it, geometry.location_box(locations[it[0]])) for it in items]))
     description = {
         "title": title,
         "abstained": abstains,

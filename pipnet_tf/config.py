@@ -1,0 +1,73 @@
+"""`TrainConfig`: every setting of a training run, as a frozen dataclass.
+
+Field names follow the reference's options. The trainer's per-dataset presets
+(`trainers/configs.py`) and command-line flags fill it in; the resolved config is written
+to the run directory as `config.json` and read back with `TrainConfig.from_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from absl import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; field names follow the reference's options."""
+
+    dataset: str = "synthetic"
+    data_dir: str = ""
+    net: str = "convnext_tiny_26"
+    weights: str = "imagenet"
+    image_size: int = 224
+    num_features: int = 0
+    epochs: int = 60
+    epochs_pretrain: int = 10
+    freeze_epochs: int = 10
+    finetune_epochs: int = 3
+    batch_size: int = 64
+    batch_size_pretrain: int = 128
+    lr: float = 0.05
+    lr_block: float = 5e-4
+    lr_net: float = 5e-4
+    weight_decay: float = 0.0
+    bias: bool = False
+    shrink: float = 1e-3
+    seed: int = 1
+    log_dir: str = "runs/pipnet"
+    strategy: str = "auto"
+    # "auto": mixed_bfloat16 where it is fast (a GPU, or a CPU with AVX512_BF16/AMX),
+    # float32 elsewhere; or "float32" / "mixed_bfloat16" explicitly (BUILD_NOTES: speed).
+    precision: str = "auto"
+    inter_op_threads: int = 0  # 0 = TensorFlow's default; 1 is faster on 2-core CPUs
+    cache_dir: str = ".cache/pipnet_tf"
+    checkpoints_to_keep: int = 2
+    export: bool = True
+    # Size of the built-in dataset (images per class); smaller for quick smoke runs.
+    synthetic_train_per_class: int = 120
+    synthetic_test_per_class: int = 50
+    # Datasets (issue #4): held-out fraction per class for a single class-folder tree,
+    # tfds download permission, augmentation override and the in-memory image cache.
+    validation_size: float = 0.2
+    download: bool = False
+    augment: str = ""
+    cache_images: bool = True
+
+    def replace(self, **changes) -> "TrainConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"Unknown config fields: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config of a `config.json`; keys this version does not know are ignored
+        (with a warning), missing ones take the defaults above."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            logging.warning("Ignoring config keys this pipnet-tf does not know: %s", unknown)
+        return cls(**{k: v for k, v in values.items() if k in known})
