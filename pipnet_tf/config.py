@@ -21,6 +21,7 @@ class TrainConfig:
     weights: str = "imagenet"
     image_size: int = 224
     num_features: int = 0
+    backbone_width: int = 0  # tiny_cnn's stem channels (4x = its prototypes); 0: default
     epochs: int = 60
     epochs_pretrain: int = 10
     freeze_epochs: int = 10
@@ -52,6 +53,12 @@ class TrainConfig:
     download: bool = False
     augment: str = ""
     cache_images: bool = True
+    # Phase-2 bounding-box crops grown by up to this fraction of the box on each side,
+    # drawn anew every epoch (0 = the reference's exact crop; pipeline.expanded_box).
+    train_box_margin: float = 0.0
+    # Self-supervised pretraining on these images instead of the labelled training set
+    # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.
+    pretrain_data: str = ""
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -62,7 +62,9 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
-    backbone = build_backbone(config.net, config.image_size, weights=config.weights, seed=config.seed)
+    options = {"width": config.backbone_width} if config.backbone_width else {}
+    backbone = build_backbone(config.net, config.image_size, weights=config.weights,
+                              seed=config.seed, **options)
     model = PIPNet(
         backbone,
         num_classes=num_classes,

@@ -17,7 +17,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from pipnet_tf.cli import exit_on_user_error  # noqa: E402
 from pipnet_tf.data.registry import DATASETS  # noqa: E402
-from trainers.configs import TrainConfig, preset  # noqa: E402
+from trainers.configs import TrainConfig, resolve_recipe  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "synthetic", "; ".join(
@@ -29,6 +29,8 @@ _FIELD_FLAGS = {
     "weights": (flags.DEFINE_string, "Backbone weights: imagenet | none | PATH."),
     "image_size": (flags.DEFINE_integer, "Input image size in pixels."),
     "num_features": (flags.DEFINE_integer, "Prototypes D; 0 = the backbone's channels."),
+    "backbone_width": (flags.DEFINE_integer, "tiny_cnn's stem channels (it has 4x as many "
+                       "prototypes); 0 = its default (16)."),
     "epochs": (flags.DEFINE_integer, "Epochs of the second (classification) phase."),
     "epochs_pretrain": (flags.DEFINE_integer, "Epochs of prototype pretraining."),
     "freeze_epochs": (flags.DEFINE_integer, "Phase-2 epochs with the backbone group frozen."),
@@ -53,14 +55,18 @@ _FIELD_FLAGS = {
     "augment": (flags.DEFINE_string, "Augmentation geometry: cub | cub_pretrain | cars | pets "
                 "| partimagenet; empty = the dataset's own (SPEC section 5)."),
     "cache_images": (flags.DEFINE_bool, "Keep decoded, resized images in memory."),
+    "pretrain_data": (flags.DEFINE_string, "folder:PATH: pretrain the prototypes (L_A + L_T, "
+                      "no labels) on every image under PATH; the labelled set is then used for "
+                      "the classification phases."),
+    "train_box_margin": (flags.DEFINE_float, "Grow phase-2 bounding-box crops by up to this "
+                         "fraction of the box per side, anew each epoch (0: exact crops)."),
 }
 for _name, (_define, _help) in _FIELD_FLAGS.items():
     _define(_name, None, _help + " Default: the dataset preset's.")
 
 
 def resolve_config() -> TrainConfig:
-    """The dataset preset with every flag given on the command line applied."""
-    config = preset(FLAGS.dataset).replace(dataset=FLAGS.dataset)
+    """The dataset's preset (and recipe) with every flag given on the command line applied."""
     changes = {name: FLAGS[name].value for name in _FIELD_FLAGS if FLAGS[name].value is not None}
     if FLAGS.strategy is not None:
         changes["strategy"] = FLAGS.strategy
@@ -68,7 +74,7 @@ def resolve_config() -> TrainConfig:
     # itself; its default is empty.
     if FLAGS.log_dir:
         changes["log_dir"] = FLAGS.log_dir
-    return config.replace(**changes)
+    return resolve_recipe(FLAGS.dataset, changes)
 
 
 @exit_on_user_error("trainers.run")

@@ -34,7 +34,8 @@ def available_backbones() -> list[str]:
 
 
 def build_backbone(
-    name: str, image_size: int, weights: str | None = None, seed: int | None = None
+    name: str, image_size: int, weights: str | None = None, seed: int | None = None,
+    **options,
 ) -> Backbone:
     """Builds backbone `name` for square inputs of `image_size` pixels.
 
@@ -42,12 +43,13 @@ def build_backbone(
         weights: None/"none" for random init, or what the backbone accepts
             ("imagenet", a file path).
         seed: initialiser seed; every layer gets its own seed derived from it.
+        **options: the backbone's own settings (tiny_cnn: `width`).
     """
     if name not in _REGISTRY:
         raise ValueError(
             f"Unknown backbone (--net) {name!r}; available: {', '.join(available_backbones())}."
         )
-    return _REGISTRY[name](image_size=image_size, weights=weights, seed=seed)
+    return _REGISTRY[name](image_size=image_size, weights=weights, seed=seed, **options)
 
 
 # Registration side effects.

@@ -94,12 +94,13 @@ class TinyCNNBackbone(Backbone):
 
 
 @register_backbone("tiny_cnn")
-def tiny_cnn(image_size: int, weights: str | None = None, seed: int | None = None
-             ) -> TinyCNNBackbone:
-    """Builds the tiny CNN. Only random initialisation (`weights` None or "none")."""
+def tiny_cnn(image_size: int, weights: str | None = None, seed: int | None = None,
+             width: int = 16) -> TinyCNNBackbone:
+    """Builds the tiny CNN (`width` stem channels, 4·width prototypes). Only random
+    initialisation (`weights` None or "none")."""
     if weights not in (None, "none"):
         raise ValueError(
             f"Backbone 'tiny_cnn' has no pretrained weights; received weights={weights!r}. "
             "Use --weights=none."
         )
-    return TinyCNNBackbone(image_size=image_size, seed=seed)
+    return TinyCNNBackbone(image_size=image_size, width=width, seed=seed)

@@ -87,10 +87,20 @@ def _validated(paths: Sequence[str], labels: np.ndarray,
     return paths, labels.astype(np.int32)
 
 
+def expanded_box(box: tf.Tensor, seed: tf.Tensor, margin: float) -> tf.Tensor:
+    """`box` (y0, x0, y1, x1 fractions) grown on each side by U(0, margin) times its own
+    height or width (independently per side), clipped to the image."""
+    u = tf.random.stateless_uniform((4,), seed, 0.0, margin)
+    h, w = box[2] - box[0], box[3] - box[1]
+    grown = box + tf.stack([-u[0] * h, -u[1] * w, u[2] * h, u[3] * w])
+    return tf.clip_by_value(grown, 0.0, 1.0)
+
+
 def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentConfig,
                      batch_size: int, seed: int, shuffle: bool = True,
                      drop_remainder: bool = True, cache: bool = True,
-                     boxes: np.ndarray | None = None) -> tf.data.Dataset:
+                     boxes: np.ndarray | None = None,
+                     box_margin: float = 0.0) -> tf.data.Dataset:
     """Training pipeline yielding `(view1, view2, label)` batches.
 
     Shapes: view1, view2 `(B, img, img, 3)` float32 in 0..255 with img =
@@ -112,6 +122,10 @@ def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentCo
       cache: keep the decoded, resized uint8 images in memory.
       boxes: optional float `(N, 4)` crop boxes y0, x0, y1, x1 as fractions of each image
         (`geometry.normalized_boxes`), applied before the resize (CUB's bounding boxes).
+      box_margin: with `boxes`, each epoch crops the box grown by a random U(0, margin)
+        of its size on every side (`expanded_box`) instead of the box itself, so the views
+        show the object at several scales with some of its surroundings. The full images
+        are then cached at 2R and cropped per element. 0 crops the box exactly (SPEC §5).
     """
     paths, labels = _validated(paths, labels, batch_size)
     if drop_remainder and batch_size > len(paths):
@@ -121,7 +135,13 @@ def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentCo
         raise ValueError(f"config must be an AugmentConfig, got {config!r}")
     seed = int(seed)
     size_r = config.resize_size
-    images = _images(paths, size_r, boxes)
+    jitter = boxes is not None and box_margin > 0
+    if jitter:  # cache whole images, crop a random grown box per element
+        boxes = np.asarray(boxes, np.float32)
+        images = tf.data.Dataset.zip((_images(paths, 2 * size_r, None),
+                                      tf.data.Dataset.from_tensor_slices(boxes)))
+    else:
+        images = _images(paths, size_r, boxes)
     ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(labels)))
     if cache:
         ds = ds.cache()
@@ -136,6 +156,13 @@ def two_view_dataset(paths: Sequence[str], labels: np.ndarray, config: AugmentCo
     @tf.autograph.experimental.do_not_convert
     def augment(element: tuple, pair_seed: tf.Tensor) -> tuple:
         image, label = element
+        if jitter:
+            image, box = image
+            box_seed, pair_seed = tf.unstack(tf.random.split(pair_seed, 2))
+            image = tf.image.resize(
+                crop_fraction(tf.cast(image, tf.float32),
+                              expanded_box(box, box_seed, box_margin)),
+                (size_r, size_r), "bilinear", antialias=True)
         view1, view2 = two_view_augment(tf.cast(image, tf.float32), pair_seed, config)
         return view1, view2, label
 
