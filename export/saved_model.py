@@ -11,6 +11,10 @@ resized inside the graph, bilinear, to the model's input size):
   input image's pixels: y_min, x_min, y_max, x_max, max exclusive) and
   `contributions` (batch, D, K) float32 (presence × weight).
 
+Prototypes disabled by hand (`trainers.edit`) keep their rows: their presence and
+contributions are exactly 0. With `--compact` they are dropped, together with prototypes
+whose weights are all zero (`prototypes.txt` then maps rows to prototype ids).
+
 Assets: `class_names.txt` (line k labels score column k), `prototypes.txt` (line i is the
 prototype id of presence row i) and `metadata.json`.
 
@@ -229,7 +233,8 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("model", None, "Run directory written by trainers.run (holds model.keras).")
     flags.DEFINE_string("out", None, "EXPORT_BASE/NAME/VERSION (VERSION an integer).")
-    flags.DEFINE_bool("compact", False, "Drop prototypes with all-zero weights from scoring.")
+    flags.DEFINE_bool("compact", False, "Drop disabled prototypes and those with all-zero "
+                      "weights from scoring.")
     flags.DEFINE_string("serving_root", "/models",
                         "Where EXPORT_BASE is mounted in TF Serving (models.config base_path).")
     flags.DEFINE_bool("verify", True, "Reload the SavedModel and compare with the Keras scores.")

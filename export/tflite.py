@@ -264,7 +264,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output .tflite (default RUN_DIR/tflite/pipnet_MODE.tflite).")
     flags.DEFINE_string("saved_model", None, "Convert this ExportArchive SavedModel's "
                         "serving_default instead of exporting a fresh one.")
-    flags.DEFINE_bool("compact", False, "Drop prototypes with all-zero weights from scoring.")
+    flags.DEFINE_bool("compact", False, "Drop disabled prototypes and those with all-zero "
+                      "weights from scoring.")
     flags.DEFINE_float("tolerance", None, "Max |score diff| / max(1, max |score|) for none/float16 "
                        f"(default {DEFAULT_SCORE_TOLERANCE}).")
     flags.DEFINE_float("min_top1_agreement", 0.98, "Gate for dynamic/int8.")

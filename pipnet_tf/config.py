@@ -52,6 +52,9 @@ class TrainConfig:
     download: bool = False
     augment: str = ""
     cache_images: bool = True
+    # Hand edits of a trained run (`trainers.edit`), oldest first: source run, prototypes
+    # disabled / enabled, the resulting disabled set, classifier retraining settings.
+    edits: list = dataclasses.field(default_factory=list)
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

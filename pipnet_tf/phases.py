@@ -97,3 +97,11 @@ def extra_shrink_epochs(plan: list[Stage], every: int = 30) -> set[int]:
         return set()
     local = {e for e in range(1, total + 1) if e % every == 0 or e == total}
     return {first + e - 1 for e in local}
+
+
+def classifier_only_plan(epochs: int) -> list[Stage]:
+    """`epochs` phase-2 epochs that train only the scoring sheet with 2·L_C, the settings
+    of the finetune stage: retraining the scoring sheet after a hand edit (`trainers.edit`)."""
+    if int(epochs) < 1:
+        raise ValueError(f"`epochs` must be >= 1, received: {epochs}")
+    return [Stage(FINETUNE, 2, 0, int(epochs), ("classifier",), (0.0, 0.0, 2.0))]

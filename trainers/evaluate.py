@@ -86,7 +86,7 @@ def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_
     run = open_run(run_dir)
     model, config = run.model, run.config
     data = build_data(config, training=False)
-    kernel = model.classifier.kernel.numpy()
+    kernel = model.enabled_kernel()  # disabled prototypes' rows are zero
     multiplier = float(model.classifier.multiplier.numpy())
     geometry = model.patch_geometry(run.image_size)
     test_out = _outputs(model, data.test, batch_size, verbose, "test")
@@ -100,6 +100,7 @@ def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_
         "patch_geometry": geometry.to_dict(),
         "num_classes": len(run.class_names),
         "num_prototypes": int(kernel.shape[0]),
+        "disabled_prototypes": [int(p) for p in model.disabled_prototypes],
         "test_images": "bounding-box crops" if data.policy.crop_test else "full images",
         "test": metrics.classification_report(test_out["scores"], test_out["presence"],
                                               test_out["labels"], kernel, multiplier),
@@ -149,6 +150,8 @@ def summary_markdown(result: dict) -> str:
               f"{result['num_prototypes']} prototypes, input {result['image_size']} px, latent "
               f"{result['latent_hw'][0]}x{result['latent_hw'][1]}, patch/skip "
               f"{result['patch_size_and_skip'][0]}/{result['patch_size_and_skip'][1]} px."), "",
+             *([f"Disabled prototypes (trainers.edit): {result['disabled_prototypes']}.", ""]
+               if result.get("disabled_prototypes") else []),
              f"## Test set ({result['test_images']}, as in metrics.json)", "",
              *_metric_table(t)]
     lines += ["", "Confusion matrix (rows true, columns predicted):", "", "```"]

@@ -58,7 +58,7 @@ def explain_run(run_dir: str | os.PathLike, images: list[str] | None = None,
     return write_explanations(
         run.model, run.class_names, data.project, explained, out_dir, evaluation=evaluation,
         title=f"PIP-Net explanations: {run.run_dir.name} ({run.config.dataset})",
-        k=k, batch_size=batch_size, verbose=verbose)
+        k=k, batch_size=batch_size, verbose=verbose, part_names=data.part_names)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
