@@ -37,7 +37,12 @@ from pipnet_tf import editing, evaluation, metrics, phases  # noqa: E402
 from pipnet_tf.cli import exit_on_user_error  # noqa: E402
 from pipnet_tf.config import TrainConfig  # noqa: E402
 from pipnet_tf.data.datasets import TrainData, build_data  # noqa: E402
-from pipnet_tf.io import atomic_output, atomic_write_text, write_json  # noqa: E402
+from pipnet_tf.io import (  # noqa: E402
+    atomic_output,
+    atomic_write_text,
+    remove_stale_partials,
+    write_json,
+)
 from pipnet_tf.model import PIPNet  # noqa: E402
 from pipnet_tf.optimization import LearningRates  # noqa: E402
 from pipnet_tf.runs import (  # noqa: E402
@@ -138,6 +143,7 @@ def edit_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
     model = editing.with_disabled_prototypes(source, disabled)
 
     export = config.export if export is None else export
+    remove_stale_partials(out_dir)  # left by a killed edit to the same --out
     with atomic_output(out_dir, directory=True, replace=overwrite) as tmp:
         pruned = []
         if retrain_epochs:

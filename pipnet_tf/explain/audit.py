@@ -98,6 +98,6 @@ def notes(row: dict) -> list[str]:
     if row["purity"] is not None:
         lines.append(f"purity {row['purity']:.2f} ({row['part'] or 'no part'})")
     if row["patches_with_box"]:
-        flag = "  ← mostly background" if row["mostly_background"] else ""
-        lines.append(f"background {row['background_patches']}/{row['patches_with_box']}{flag}")
+        lead = "MOSTLY BACKGROUND" if row["mostly_background"] else "background"
+        lines.append(f"{lead} {row['background_patches']}/{row['patches_with_box']} patches")
     return lines
