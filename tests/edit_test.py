@@ -322,6 +322,14 @@ def test_edit_evaluate_report_saved_model_tflite(trained_run, tmp_path):
     assert all(row["patches_with_box"] == len(json.loads(
         (index.parent / "global" / "prototype_topk.json").read_text())[str(row["prototype"])])
         for row in rows)
+    from PIL import Image
+
+    def colourful(prototype):  # any pixel whose channels differ
+        pixels = np.asarray(Image.open(index.parent / "global" / f"prototype_{prototype:04d}.png"))
+        return bool(np.any(pixels[..., 0] != pixels[..., 1]) or np.any(pixels[..., 1] != pixels[..., 2]))
+
+    enabled = next(row["prototype"] for row in rows if not row["disabled"])
+    assert not colourful(p) and colourful(enabled)  # the disabled prototype is greyed
     html = index.read_text()
     assert f'class="proto disabled" id="p{p}"' in html and "<th>background patches</th>" in html
     for local in (index.parent / "local").glob("*.json"):
@@ -349,7 +357,7 @@ def test_edit_evaluate_report_saved_model_tflite(trained_run, tmp_path):
     assert np.all(lite["presence"][:, [p, q]] == 0.0)
 
 
-def test_edit_errors_exit_2_and_write_nothing(trained_run, tmp_path):
+def test_edit_errors_exit_2_and_write_nothing(trained_run, tmp_path, caplog):
     from trainers.edit import _parse, main
 
     before = _digests(trained_run)
@@ -361,16 +369,18 @@ def test_edit_errors_exit_2_and_write_nothing(trained_run, tmp_path):
     not_a_run = tmp_path / "not_a_run"
     not_a_run.mkdir()
     cases = [
-        ["--model", str(not_a_run), "--disable", "3"],
-        ["--model", str(tmp_path / "missing"), "--disable", "3"],
-        ["--model", str(trained_run), "--disable", "three"],
-        ["--model", str(trained_run), "--enable", "3", "--disable", "3"],
-        ["--model", str(trained_run)],  # nothing to do
+        (["--model", str(not_a_run), "--disable", "3"], "No config.json in run directory"),
+        (["--model", str(tmp_path / "missing"), "--disable", "3"], "does not exist"),
+        (["--model", str(trained_run), "--disable", "three"], "--disable takes"),
+        (["--model", str(trained_run), "--enable", "3", "--disable", "3"], "both in"),
+        (["--model", str(trained_run)], "Nothing to do"),
     ]
-    for args in cases:
-        with pytest.raises(SystemExit) as exit_info:
+    for args, message in cases:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
             main(_parse(["edit", *args, "--out", str(out)]))
         assert exit_info.value.code == 2, args
+        assert any(message in r.getMessage() for r in caplog.records), (args, caplog.text)
     for bad_out in (trained_run / "edited", trained_run, trained_run.parent):
         with pytest.raises(SystemExit) as exit_info:
             main(_parse(["edit", "--model", str(trained_run), "--disable", "3",
