@@ -4,8 +4,8 @@ Measures, on this machine's CPU: latency at batch 1 (median and p90 over `--repe
 calls, after warm-up) and throughput at batch 8 (images/s), plus the file sizes and the
 TFLite parity figures against the Keras model.
 
-    # the built-in model (a trained run directory; use a copy of runs/demo3)
-    KERAS_BACKEND=tensorflow python -m bench.export_speed --model /tmp/demo3
+    # a trained run directory, e.g. the one `make demo` writes
+    KERAS_BACKEND=tensorflow python -m bench.export_speed --model runs/demo
     # convnext_tiny_26 at 224 with random weights (no dataset: random images)
     KERAS_BACKEND=tensorflow python -m bench.export_speed --convnext --repeats 10
     # ... with the blocks' 1e-6 initial layer scale instead of a trained-like 0.1
@@ -196,7 +196,7 @@ def table(rows: list[dict]) -> str:
 def main(argv):
     del argv
     if not FLAGS.model and not FLAGS.convnext:
-        raise app.UsageError("Pass --model RUN_DIR and/or --convnext.")
+        raise app.UsageError("Pass --model RUN_DIR and/or --convnext.", exitcode=2)
     out_dir = pathlib.Path(FLAGS.out_dir or tempfile.mkdtemp(prefix="pipnet_bench_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -223,4 +223,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pipnet_tf.cli import run_app
+
+    run_app(main)
