@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import zipfile
 
 import keras
 from absl import logging
@@ -75,6 +76,11 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise RunDirectoryError(
             f"No {path.name} in run directory {str(path.parent)!r}: pass the --log_dir of a "
             "finished `python -m trainers.run`.")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras reports such a file as "File not found".
+        raise RunDirectoryError(
+            f"{str(path)!r} is damaged: not a complete .keras (zip) file, {path.stat().st_size} "
+            "bytes (truncated? a copy or a run that was interrupted while saving).")
     try:
         return keras.saving.load_model(str(path))
     except Exception as e:  # noqa: BLE001 - zip, h5 and config errors all mean "unreadable"
