@@ -48,6 +48,9 @@ flags.DEFINE_integer("throughput_repeats", 5, "Timed batch-8 calls per variant."
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "TFLite interpreter threads.")
 flags.DEFINE_integer("num_parity_images", 200, "Held-out images for the parity figures.")
 flags.DEFINE_list("quantize", list(tfl.QUANTIZATIONS), "TFLite variants to build.")
+flags.DEFINE_string("cache_dir", None, "With --model: where the run's images are converted "
+                    "to PNG (odd formats) and the built-in dataset is generated; default: "
+                    "the run's (config.json cache_dir, relative to the current directory).")
 
 
 def _size(path: pathlib.Path) -> int:
@@ -204,7 +207,7 @@ def main(argv):
         from export import data
         from pipnet_tf.runs import open_run
 
-        run = open_run(FLAGS.model)
+        run = open_run(FLAGS.model, FLAGS.cache_dir)
         heldout = data.heldout_images(run.config, FLAGS.num_parity_images)
         calibration = data.calibration_images(run.config, 200)
         rows += benchmark(f"{run.config.net}_{run.image_size}", run.model, run.image_size,

@@ -187,7 +187,7 @@ HELP = {
     "trainers.explain": ("--cache_dir", "-v VERBOSITY"),
     "export.saved_model": ("--out",),
     "export.tflite": ("--cache_dir", "--num_parity_images"),
-    "bench.export_speed": ("runs/demo",),
+    "bench.export_speed": ("runs/demo", "--cache_dir"),
     "bench.input_pipeline": ("--num_images",),
 }  # bench.backbone_speed and bench.reference_torch are argparse programs: 0 already
 

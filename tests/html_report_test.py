@@ -95,3 +95,11 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
                    capture_output=True, timeout=120, check=False)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10
+
+
+def test_make_test_installs_no_system_packages():
+    """Only CI installs Chromium; `make test` on a user's machine never runs apt-get."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert "apt-get" not in (root / "Makefile").read_text()
+    ci = (root / ".ci" / "run").read_text()
+    assert "apt-get install" in ci and "chromium" in ci and "PIPNET_REQUIRE_CHROMIUM=1" in ci

@@ -121,12 +121,24 @@ def test_strategy_choice():
         make_strategy("bogus")
 
 
-def test_mixed_bfloat16_run_exports_a_float32_graph(tiny_config, tmp_path):
+def test_mixed_bfloat16_run_exports_a_float32_graph(tiny_config, tmp_path, caplog):
     import tensorflow as tf
+    from absl import logging
 
     config = tiny_config.replace(precision="mixed_bfloat16", epochs_pretrain=0, epochs=1,
                                  freeze_epochs=1, log_dir=str(tmp_path / "bf16"))
-    results = run_training(config)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.INFO)
+    try:
+        with caplog.at_level("INFO", logger="absl"):
+            results = run_training(config)
+    finally:
+        logging.set_verbosity(verbosity)
+    # The resolved plan comes first, and the ignored --finetune_epochs is pointed out.
+    messages = [r.getMessage() for r in caplog.records]
+    plan = messages.index("Training plan: 1 epochs")
+    assert messages[plan + 1].split()[:3] == ["epochs", "1-1", "frozen"]
+    assert any("--finetune_epochs=1 is ignored without pretraining" in m for m in messages)
     assert results["precision"] == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     model = keras.saving.load_model(os.path.join(config.log_dir, "model.keras"))
