@@ -81,8 +81,15 @@ class InferenceGraph:
         # Signature functions do not check shapes at call time: fail clearly at the entry
         # (rank, 3 channels) instead of deep inside the backbone.
         images = tf.ensure_shape(images, (None, None, None, 3), name="check_images_shape")
+        # TF's CPU convolutions mishandle a batch of 0 images (the backbone fails with
+        # "Incompatible shapes"): run at least one (blank) image and keep only the
+        # `count` real rows, so an empty batch gives empty outputs of the right shapes.
+        count = tf.shape(images)[0]
         x = tf.image.resize(tf.cast(images, tf.float32), (self.image_size, self.image_size),
                             method="bilinear")
+        blank = tf.zeros(tf.stack([tf.maximum(1 - count, 0), self.image_size,
+                                   self.image_size, 3]))  # FILL + CONCAT: TFLite has them
+        x = tf.concat([x, blank], axis=0)
         with portable_graphs():  # plain TF ops only: no XLA kernels in exported graphs
             features = self.model.backbone(x, training=False)
         if self.model.add_on is not None:
@@ -90,7 +97,7 @@ class InferenceGraph:
         maps = self.model.prototype_activation(tf.cast(features, tf.float32))
         if self.compact:
             maps = tf.gather(maps, self.prototype_ids, axis=-1)
-        return maps
+        return maps[:count]
 
     def _weights(self):
         weights = tf.nn.relu(tf.cast(self.model.classifier.kernel, tf.float32))

@@ -323,10 +323,11 @@ class PIPNet(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def _update_prediction_trackers(self, labels, scores, presence) -> None:
+        # An abstention (every score <= 0) is wrong, as in `metrics.top1_accuracy`.
         predicted = tf.argmax(scores, axis=-1, output_type=tf.int32)
-        self._trackers["accuracy"].update_state(
-            tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
-        )
+        correct = tf.logical_and(tf.equal(predicted, tf.cast(labels, tf.int32)),
+                                 tf.reduce_max(scores, axis=-1) > 0.0)
+        self._trackers["accuracy"].update_state(tf.cast(correct, tf.float32))
         present = tf.reduce_sum(tf.cast(presence > self.inference_threshold, tf.float32), axis=-1)
         self._trackers["num_present"].update_state(present)
 

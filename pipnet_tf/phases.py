@@ -3,6 +3,14 @@
 SPEC §3: pretraining (λ_A = e/E, λ_T = 5, classifier frozen) → phase 2 with the first
 `finetune_epochs` training only the scoring sheet (2·L_C), then up to `freeze_epochs`
 with the backbone group frozen, then everything (5·L_A + 2·L_T + 2·L_C).
+
+`freeze_epochs` counts from the start of phase 2 and includes the finetune epochs:
+
+    finetune = min(finetune_epochs, epochs)   (0 without pretraining)
+    frozen   = max(0, min(freeze_epochs, epochs) - finetune)
+    full     = epochs - finetune - frozen
+
+so `epochs=3, freeze_epochs=1, finetune_epochs=1` has no frozen stage.
 """
 from __future__ import annotations
 
@@ -105,3 +113,54 @@ def classifier_only_plan(epochs: int) -> list[Stage]:
     if int(epochs) < 1:
         raise ValueError(f"`epochs` must be >= 1, received: {epochs}")
     return [Stage(FINETUNE, 2, 0, int(epochs), ("classifier",), (0.0, 0.0, 2.0))]
+
+
+STAGE_TEXT = {
+    PRETRAIN: "prototype pretraining, λ_A ramps to 1, λ_T = 5, no classifier",
+    FINETUNE: "the classifier only, 2·L_C",
+    FROZEN: "backbone group frozen, 5·L_A + 2·L_T + 2·L_C",
+    FULL: "everything, 5·L_A + 2·L_T + 2·L_C",
+}
+
+
+def check_classification_epochs(epochs: int) -> None:
+    """Refuses a run without phase-2 epochs: its scoring sheet would never be trained,
+    yet it would be saved, evaluated and exported like a classifier.
+
+    Raises:
+        ValueError: `epochs` < 1.
+    """
+    if epochs < 1:
+        raise ValueError(
+            f"--epochs={epochs}: the scoring sheet is trained only in the classification "
+            "phase, so this run would save and evaluate an untrained classifier. Pass "
+            "--epochs >= 1 (the pretraining epochs are --epochs_pretrain).")
+
+
+def describe_plan(plan: list[Stage]) -> list[str]:
+    """One line per stage: 1-based epochs, stage, phase, what trains, the loss."""
+    total = plan[-1].end_epoch if plan else 0
+    lines = [f"Training plan: {total} epochs"]
+    for s in plan:
+        lines.append(f"  epochs {s.first_epoch + 1:>3}-{s.end_epoch:<3} {s.name:<8} "
+                     f"(phase {s.phase}, {s.epochs} epochs): trains "
+                     f"{', '.join(s.trainable_groups)}; {STAGE_TEXT[s.name]}")
+    return lines
+
+
+def plan_warnings(epochs_pretrain: int, epochs: int, freeze_epochs: int,
+                  finetune_epochs: int) -> list[str]:
+    """Flags that ask for a stage the plan does not have (see `make_plan`)."""
+    plan = {s.name: s.epochs for s in make_plan(epochs_pretrain, epochs, freeze_epochs,
+                                                 finetune_epochs)}
+    finetune = plan.get(FINETUNE, 0)
+    warnings = []
+    if finetune_epochs > 0 and epochs_pretrain == 0:
+        warnings.append(f"--finetune_epochs={finetune_epochs} is ignored without pretraining "
+                        "(--epochs_pretrain=0), as in the reference.")
+    if freeze_epochs > 0 and not plan.get(FROZEN, 0) and epochs > finetune:
+        warnings.append(
+            f"--freeze_epochs={freeze_epochs} counts the {finetune} classifier-only epoch(s) "
+            f"of --finetune_epochs, so there is no frozen-backbone stage; for N frozen "
+            f"epochs pass --freeze_epochs={finetune}+N.")
+    return warnings

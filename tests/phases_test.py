@@ -46,3 +46,23 @@ def test_stage_lookup_and_extra_shrink_epochs():
 def test_bad_epochs_raise():
     with pytest.raises(ValueError, match="epochs_pretrain"):
         phases.make_plan(-1, 5, 2)
+
+
+def test_freeze_epochs_include_the_finetune_epochs_and_the_plan_says_so():
+    plan = phases.make_plan(epochs_pretrain=2, epochs=3, freeze_epochs=1, finetune_epochs=1)
+    assert [(s.name, s.epochs) for s in plan] == [("pretrain", 2), ("finetune", 1), ("full", 2)]
+    lines = phases.describe_plan(plan)
+    assert lines[0] == "Training plan: 5 epochs"
+    assert lines[1].split()[:3] == ["epochs", "1-2", "pretrain"]
+    assert "trains classifier;" in lines[2] and lines[2].split()[1] == "3-3"
+    assert "trains backbone, freeze, train, add_on, classifier" in lines[3]
+    (warning,) = phases.plan_warnings(2, 3, 1, 1)
+    assert "no frozen-backbone stage" in warning and "--freeze_epochs=1+N" in warning
+    assert phases.plan_warnings(10, 60, 10, 3) == []  # the reference plan: 7 frozen epochs
+    assert "ignored without pretraining" in phases.plan_warnings(0, 5, 2, 3)[0]
+
+
+def test_a_run_without_classification_epochs_is_refused():
+    with pytest.raises(ValueError, match="--epochs=0: the scoring sheet"):
+        phases.check_classification_epochs(0)
+    phases.check_classification_epochs(1)

@@ -41,7 +41,7 @@ def test_image_size_comes_from_the_model(run_dir):
 @pytest.mark.parametrize("damage,message", [
     ("no_dir", "does not exist"),
     ("no_model", "No model.keras"),
-    ("truncated_model", "cannot be loaded as a Keras model"),
+    ("truncated_model", "damaged: not a complete .keras"),
     ("no_config", "No config.json"),
     ("bad_config", "not a valid run config"),
     ("wrong_names", "names 2 classes"),

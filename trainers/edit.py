@@ -31,10 +31,10 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, logging  # noqa: E402
 
 from pipnet_tf import editing, evaluation, metrics, phases  # noqa: E402
-from pipnet_tf.cli import exit_on_user_error  # noqa: E402
+from pipnet_tf.cli import add_verbosity_argument, exit_on_user_error, parse_argparse  # noqa: E402
 from pipnet_tf.config import TrainConfig  # noqa: E402
 from pipnet_tf.data.datasets import TrainData, build_data  # noqa: E402
 from pipnet_tf.io import (  # noqa: E402
@@ -214,10 +214,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         "`export` is true)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--verbose", type=int, default=1, help="progress: 0 off, 1 on")
-    args = parser.parse_args(argv[1:])
-    flags.FLAGS(argv[:1])
-    logging.set_verbosity(logging.INFO)
-    return args
+    add_verbosity_argument(parser)
+    return parse_argparse(parser, argv)
 
 
 @exit_on_user_error("trainers.edit")

@@ -82,6 +82,7 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     `extra_callbacks` are added to every `fit` call.
     """
     started = time.time()
+    phases.check_classification_epochs(config.epochs)  # before anything is written
     run_dir = pathlib.Path(config.log_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())
@@ -103,6 +104,11 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, precision: str, started: fl
         model = build_model(config, len(data.class_names))
     plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
                             config.finetune_epochs)
+    for line in phases.describe_plan(plan):
+        logging.info("%s", line)
+    for warning in phases.plan_warnings(config.epochs_pretrain, config.epochs,
+                                        config.freeze_epochs, config.finetune_epochs):
+        logging.warning("%s", warning)
     rates = LearningRates(lr=config.lr, lr_block=config.lr_block, lr_net=config.lr_net,
                           weight_decay=config.weight_decay)
     runner = PlanRunner(
