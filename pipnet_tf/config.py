@@ -52,6 +52,9 @@ class TrainConfig:
     download: bool = False
     augment: str = ""
     cache_images: bool = True
+    # A PIP-Net checkpoint of the authors' PyTorch code to start from (the reference's
+    # option; `pipnet_tf.reference_checkpoint`); empty: start from `weights`.
+    state_dict_dir_net: str = ""
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
