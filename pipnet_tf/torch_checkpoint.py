@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 
 # Storage class name → NumPy dtype of one element (little-endian; `byteorder` may flip it).
+# torch.save names a tensor's storage by its typed class; `UntypedStorage` (raw bytes)
+# would make a float tensor look like uint8, so it is refused like any unknown name.
 STORAGE_DTYPES = {
     "FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2",
-    "BFloat16Storage": "<u2",  # bit patterns, widened to float32 in `_to_numpy`
+    "BFloat16Storage": "<u2",  # bit patterns, widened to float32 by `_Tensor.array`
     "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
-    "ByteStorage": "u1", "BoolStorage": "?", "UntypedStorage": "u1",
+    "ByteStorage": "u1", "BoolStorage": "?",
 }
 MODEL_KEYS = ("model_state_dict", "state_dict")  # where checkpoints keep the weights
 DATA_PARALLEL_PREFIX = "module."

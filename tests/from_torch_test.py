@@ -19,7 +19,7 @@ from export import from_torch
 from export.saved_model import export_saved_model
 from export.tflite import export_tflite
 from pipnet_tf.reference_checkpoint import build_pipnet
-from pipnet_tf.runs import open_run
+from pipnet_tf.runs import RunDirectoryError, open_run
 from pipnet_tf.torch_checkpoint import TorchCheckpointError, read_state_dict
 from tests.torch_checkpoint_test import _archive_with_pickle, _RunsCommand
 from tests.torch_files import reference_checkpoint, reference_state_dict, write_torch_file
@@ -161,6 +161,18 @@ def test_converted_run_is_evaluated_explained_and_exported(tmp_path, convnext_fi
     heldout = np.random.default_rng(2).integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)
     figures = export_tflite(run.model, tmp_path / "m.tflite", run.image_size, "none", heldout)
     assert figures["passed"] and figures["max_rel_score_diff"] <= 1e-4
+
+    # A converted model whose classes are not its dataset's is refused by name.
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "two" / split / name).mkdir(parents=True)
+            Image.fromarray(heldout[0]).save(tmp_path / "two" / split / name / "x.png")
+    (out / "config.json").write_text(json.dumps(dict(config, dataset="folder:" + str(
+        tmp_path / "two"))))
+    with pytest.raises(RunDirectoryError, match="has 6 classes, but its dataset"):
+        evaluate_run(out, verbose=0)
 
 
 def test_trainer_starts_from_a_reference_checkpoint(tmp_path, convnext_file):

@@ -46,7 +46,7 @@ def _close(got, expected, what, tol=1e-4):
     ("convnext_tiny_26", "convnext_tiny_26"), ("convnext_tiny_13", "convnext_tiny_26"),
     ("resnet50", "resnet50"), ("resnet50_inat", "resnet50")])
 def test_keys_and_shapes_are_the_reference_state_dicts(net, file_net):
-    """Every key, in order, with its shape: ../shared/reference/checkpoint_keys.json lists
+    """Every key, in order, with its shape: tests/data/reference_checkpoint_keys.json lists
     the state_dicts the reference code built (200 classes, no add-on, no bias)."""
     model = PIPNet(build_backbone(net, SIZE, weights="none"), num_classes=200)
     model.build((None, SIZE, SIZE, 3))

@@ -25,7 +25,7 @@ from pipnet_tf.data.datasets import ImageSet, build_data, dataset_request, image
 from pipnet_tf.evaluation import collect_prototype_outputs
 from pipnet_tf.io import atomic_write_text, write_json
 from pipnet_tf.cli import exit_on_user_error
-from pipnet_tf.runs import open_run
+from pipnet_tf.runs import RunDirectoryError, open_run
 
 EVALUATION_FILE = "evaluation.json"
 SUMMARY_FILE = "evaluation.md"
@@ -86,6 +86,11 @@ def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_
     run = open_run(run_dir)
     model, config = run.model, run.config
     data = build_data(config, training=False)
+    if len(data.class_names) != model.num_classes:  # e.g. a converted model, wrong dataset
+        raise RunDirectoryError(
+            f"The model of {str(run.run_dir)!r} has {model.num_classes} classes, but its "
+            f"dataset (config.json: dataset={config.dataset!r}, {data.source.origin}) has "
+            f"{len(data.class_names)}; set the dataset it was trained on in config.json.")
     kernel = model.classifier.kernel.numpy()
     multiplier = float(model.classifier.multiplier.numpy())
     geometry = model.patch_geometry(run.image_size)
