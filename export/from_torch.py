@@ -46,6 +46,7 @@ from pipnet_tf.io import atomic_output, write_json  # noqa: E402
 from pipnet_tf.reference_checkpoint import (  # noqa: E402
     NETS,
     build_pipnet,
+    check_net,
     inspect_state_dict,
     looks_untrained,
 )
@@ -125,6 +126,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, net: str, out: str | os.Pa
     state_dict = read_state_dict(checkpoint)
     where = f"--checkpoint {str(checkpoint)!r}"
     net_info = inspect_state_dict(state_dict, where)
+    check_net(net_info, net, where)  # before anything else is said or built
     names = (read_class_names(class_names, net_info.num_classes) if class_names else None)
     dataset = _dataset(dataset, net_info.num_classes)
     model = build_pipnet(state_dict, net, image_size, where)
