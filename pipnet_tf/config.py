@@ -55,6 +55,9 @@ class TrainConfig:
     # Hand edits of a trained run (`trainers.edit`), oldest first: source run, prototypes
     # disabled / enabled, the resulting disabled set, classifier retraining settings.
     edits: list = dataclasses.field(default_factory=list)
+    # A PIP-Net checkpoint of the authors' PyTorch code to start from (the reference's
+    # option; `pipnet_tf.reference_checkpoint`); empty: start from `weights`.
+    state_dict_dir_net: str = ""
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

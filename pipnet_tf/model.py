@@ -426,7 +426,10 @@ class PIPNet(keras.Model):
             # A model saved before backbones were `Backbone` models (pipnet-tf <= 0.1
             # sessions 1-4): the same layers under the same names, rebuilt as the
             # registered class so that groups and geometry are known again.
-            backbone = build_backbone(legacy_name, backbone.input_shape[1], weights=None)
+            from pipnet_tf.backbones.resnet import LEGACY_NAMES  # keras-layout ResNets
+
+            backbone = build_backbone(LEGACY_NAMES.get(legacy_name, legacy_name),
+                                      backbone.input_shape[1], weights=None)
         config["backbone"] = backbone
         return cls(**config)
 

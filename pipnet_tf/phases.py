@@ -48,18 +48,20 @@ class Stage:
 
 
 def make_plan(
-    epochs_pretrain: int, epochs: int, freeze_epochs: int, finetune_epochs: int = 3
+    epochs_pretrain: int, epochs: int, freeze_epochs: int, finetune_epochs: int = 3,
+    loaded: bool = False,
 ) -> list[Stage]:
     """The list of non-empty stages, in order, with global epoch indices.
 
-    Finetune epochs exist only after pretraining (reference: `epochs_to_finetune` applies
-    only if there was pretraining or a loaded checkpoint).
+    Finetune epochs exist only after pretraining or when the model was `loaded` from a
+    checkpoint (reference: `epochs_to_finetune` applies only if there was pretraining or
+    a loaded checkpoint, `--state_dict_dir_net`).
     """
     for name, value in (("epochs_pretrain", epochs_pretrain), ("epochs", epochs),
                         ("freeze_epochs", freeze_epochs), ("finetune_epochs", finetune_epochs)):
         if value < 0:
             raise ValueError(f"`{name}` must be >= 0, received: {value}")
-    finetune = min(finetune_epochs, epochs) if epochs_pretrain > 0 else 0
+    finetune = min(finetune_epochs, epochs) if epochs_pretrain > 0 or loaded else 0
     frozen = max(0, min(freeze_epochs, epochs) - finetune)
     full = epochs - finetune - frozen
     net = ("freeze", "train", "add_on")
@@ -149,15 +151,15 @@ def describe_plan(plan: list[Stage]) -> list[str]:
 
 
 def plan_warnings(epochs_pretrain: int, epochs: int, freeze_epochs: int,
-                  finetune_epochs: int) -> list[str]:
+                  finetune_epochs: int, loaded: bool = False) -> list[str]:
     """Flags that ask for a stage the plan does not have (see `make_plan`)."""
     plan = {s.name: s.epochs for s in make_plan(epochs_pretrain, epochs, freeze_epochs,
-                                                 finetune_epochs)}
+                                                 finetune_epochs, loaded=loaded)}
     finetune = plan.get(FINETUNE, 0)
     warnings = []
-    if finetune_epochs > 0 and epochs_pretrain == 0:
+    if finetune_epochs > 0 and epochs_pretrain == 0 and not loaded:
         warnings.append(f"--finetune_epochs={finetune_epochs} is ignored without pretraining "
-                        "(--epochs_pretrain=0), as in the reference.")
+                        "(--epochs_pretrain=0) or a loaded checkpoint, as in the reference.")
     if freeze_epochs > 0 and not plan.get(FROZEN, 0) and epochs > finetune:
         warnings.append(
             f"--freeze_epochs={freeze_epochs} counts the {finetune} classifier-only epoch(s) "

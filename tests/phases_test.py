@@ -31,6 +31,15 @@ def test_no_finetune_without_pretraining():
     assert [(s.name, s.epochs) for s in plan] == [("frozen", 2), ("full", 3)]
 
 
+def test_a_loaded_checkpoint_gets_finetune_epochs_without_pretraining():
+    """Reference: finetune epochs follow pretraining *or* a loaded checkpoint
+    (--state_dict_dir_net with --epochs_pretrain=0)."""
+    plan = phases.make_plan(0, 5, 2, finetune_epochs=3, loaded=True)
+    assert [(s.name, s.first_epoch, s.epochs) for s in plan] == [
+        (phases.FINETUNE, 0, 3), (phases.FULL, 3, 2)]
+    assert phases.make_plan(0, 0, 10, loaded=True) == []
+
+
 def test_stage_lookup_and_extra_shrink_epochs():
     plan = phases.make_plan(10, 60, 10)
     assert phases.stage_at(plan, 0).name == "pretrain"

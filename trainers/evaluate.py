@@ -28,7 +28,7 @@ from pipnet_tf.data.datasets import ImageSet, build_data, dataset_request, image
 from pipnet_tf.evaluation import collect_prototype_outputs
 from pipnet_tf.io import atomic_write_text, write_json
 from pipnet_tf.cli import add_verbosity_argument, exit_on_user_error, parse_argparse
-from pipnet_tf.runs import open_run
+from pipnet_tf.runs import RunDirectoryError, open_run
 
 CACHE_DIR_HELP = ("where images are converted to PNG (CMYK, EXIF-rotated, ...) and the "
                   "built-in dataset is generated; default: the run's (config.json "
@@ -94,6 +94,11 @@ def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_
     run = open_run(run_dir, cache_dir)
     model, config = run.model, run.config
     data = build_data(config, training=False)
+    if len(data.class_names) != model.num_classes:  # e.g. a converted model, wrong dataset
+        raise RunDirectoryError(
+            f"The model of {str(run.run_dir)!r} has {model.num_classes} classes, but its "
+            f"dataset (config.json: dataset={config.dataset!r}, {data.source.origin}) has "
+            f"{len(data.class_names)}; set the dataset it was trained on in config.json.")
     kernel = model.enabled_kernel()  # disabled prototypes' rows are zero
     multiplier = float(model.classifier.multiplier.numpy())
     geometry = model.patch_geometry(run.image_size)

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from pipnet_tf import evaluation, metrics, phases
+from pipnet_tf import evaluation, metrics, phases, reference_checkpoint
 from pipnet_tf.backbones import build_backbone
 from pipnet_tf.config import TrainConfig
 from pipnet_tf.data.datasets import build_data
@@ -62,7 +62,9 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
-    backbone = build_backbone(config.net, config.image_size, weights=config.weights, seed=config.seed)
+    """The run's PIPNet; with --state_dict_dir_net it holds that reference checkpoint."""
+    weights = "none" if config.state_dict_dir_net else config.weights  # overwritten anyway
+    backbone = build_backbone(config.net, config.image_size, weights=weights, seed=config.seed)
     model = PIPNet(
         backbone,
         num_classes=num_classes,
@@ -72,6 +74,8 @@ def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
         seed=config.seed,
     )
     model.build((None, config.image_size, config.image_size, 3))
+    if config.state_dict_dir_net:
+        reference_checkpoint.load_checkpoint_file(model, config.state_dict_dir_net, config.net)
     return model
 
 
@@ -103,11 +107,12 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, precision: str, started: fl
     with strategy.scope():
         model = build_model(config, len(data.class_names))
     plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
-                            config.finetune_epochs)
+                            config.finetune_epochs, loaded=bool(config.state_dict_dir_net))
     for line in phases.describe_plan(plan):
         logging.info("%s", line)
     for warning in phases.plan_warnings(config.epochs_pretrain, config.epochs,
-                                        config.freeze_epochs, config.finetune_epochs):
+                                        config.freeze_epochs, config.finetune_epochs,
+                                        loaded=bool(config.state_dict_dir_net)):
         logging.warning("%s", warning)
     rates = LearningRates(lr=config.lr, lr_block=config.lr_block, lr_net=config.lr_net,
                           weight_decay=config.weight_decay)

@@ -76,6 +76,9 @@ _FIELD_FLAGS = {
     "augment": (flags.DEFINE_string, "Augmentation geometry: cub | cub_pretrain | cars | pets "
                 "| partimagenet; empty = the dataset's own (SPEC section 5)."),
     "cache_images": (flags.DEFINE_bool, "Keep decoded, resized images in memory."),
+    "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
+                           "(net_pretrained, net_trained, …) to start from; with "
+                           "--epochs_pretrain=0 training continues from its prototypes."),
 }
 for _name, (_define, _help) in _FIELD_FLAGS.items():
     _define(_name, None, _help + " Default: the dataset preset's.")
