@@ -4,8 +4,8 @@ Measures, on this machine's CPU: latency at batch 1 (median and p90 over `--repe
 calls, after warm-up) and throughput at batch 8 (images/s), plus the file sizes and the
 TFLite parity figures against the Keras model.
 
-    # the built-in model (a trained run directory; use a copy of runs/demo3)
-    KERAS_BACKEND=tensorflow python -m bench.export_speed --model /tmp/demo3
+    # a trained run directory, e.g. the one `make demo` writes
+    KERAS_BACKEND=tensorflow python -m bench.export_speed --model runs/demo
     # convnext_tiny_26 at 224 with random weights (no dataset: random images)
     KERAS_BACKEND=tensorflow python -m bench.export_speed --convnext --repeats 10
     # ... with the blocks' 1e-6 initial layer scale instead of a trained-like 0.1
@@ -48,6 +48,9 @@ flags.DEFINE_integer("throughput_repeats", 5, "Timed batch-8 calls per variant."
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "TFLite interpreter threads.")
 flags.DEFINE_integer("num_parity_images", 200, "Held-out images for the parity figures.")
 flags.DEFINE_list("quantize", list(tfl.QUANTIZATIONS), "TFLite variants to build.")
+flags.DEFINE_string("cache_dir", None, "With --model: where the run's images are converted "
+                    "to PNG (odd formats) and the built-in dataset is generated; default: "
+                    "the run's (config.json cache_dir, relative to the current directory).")
 
 
 def _size(path: pathlib.Path) -> int:
@@ -196,7 +199,7 @@ def table(rows: list[dict]) -> str:
 def main(argv):
     del argv
     if not FLAGS.model and not FLAGS.convnext:
-        raise app.UsageError("Pass --model RUN_DIR and/or --convnext.")
+        raise app.UsageError("Pass --model RUN_DIR and/or --convnext.", exitcode=2)
     out_dir = pathlib.Path(FLAGS.out_dir or tempfile.mkdtemp(prefix="pipnet_bench_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -204,7 +207,7 @@ def main(argv):
         from export import data
         from pipnet_tf.runs import open_run
 
-        run = open_run(FLAGS.model)
+        run = open_run(FLAGS.model, FLAGS.cache_dir)
         heldout = data.heldout_images(run.config, FLAGS.num_parity_images)
         calibration = data.calibration_images(run.config, 200)
         rows += benchmark(f"{run.config.net}_{run.image_size}", run.model, run.image_size,
@@ -223,4 +226,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pipnet_tf.cli import run_app
+
+    run_app(main)

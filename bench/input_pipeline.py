@@ -22,7 +22,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from pipnet_tf.data import augment, decode, pipeline
@@ -78,4 +78,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pipnet_tf.cli import run_app
+
+    run_app(main)

@@ -24,53 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import statistics
+import sys
 import time
 
 
 def build(name: str, num_classes: int = 200):
-    import torch
-    import torchvision
-    from torch import nn
+    """The reference network (`bench/torch_parity.py`, which also checks that our converted
+    checkpoints reproduce its outputs)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from bench.torch_parity import build_reference
 
-    if name.startswith("convnext_tiny"):
-        threshold = {"convnext_tiny_26": 100, "convnext_tiny_13": 300}[name]
-        net = torchvision.models.convnext_tiny(weights=None)
-        net.avgpool, net.classifier = nn.Identity(), nn.Identity()
-        for module in net.modules():
-            if (isinstance(module, nn.Conv2d) and module.stride == (2, 2)
-                    and module.in_channels > threshold):
-                module.stride = (1, 1)
-        features, channels = net.features, 768
-    elif name == "resnet50":
-        net = torchvision.models.resnet50(weights=None)
-        for layer in (net.layer3, net.layer4):
-            for module in layer[0].modules():
-                if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
-                    module.stride = (1, 1)
-        features = nn.Sequential(*list(net.children())[:-2])
-        channels = 2048
-    else:
-        raise ValueError(f"unknown backbone {name!r}")
-
-    class PIPNetReference(nn.Module):
-        """features → softmax over D → global max → relu(W) scoring sheet."""
-
-        def __init__(self):
-            super().__init__()
-            self.net = features
-            self.add_on = nn.Softmax(dim=1)
-            self.pool = nn.Sequential(nn.AdaptiveMaxPool2d((1, 1)), nn.Flatten())
-            self.weight = nn.Parameter(torch.normal(1.0, 0.1, (num_classes, channels)))
-
-        def forward(self, x, inference: bool = False):
-            proto = self.add_on(self.net(x))
-            pooled = self.pool(proto)
-            if inference:
-                pooled = torch.where(pooled < 0.1, 0.0, pooled)
-            return proto, pooled, pooled @ torch.relu(self.weight).t()
-
-    return PIPNetReference()
+    return build_reference(name, num_classes)
 
 
 def _loss(model, x1, x2, y):

@@ -11,9 +11,12 @@ of any batch and size, resized inside the graph (bilinear) to the model's square
                        (y_min, x_min, y_max, x_max; max exclusive), and the per-class
                        contributions presence × weight, contributions (batch, D', K).
 
-With `compact=True` the prototypes whose scoring-sheet weights are all zero are dropped
-after the softmax (which still needs every channel), so D' ≤ D and `prototype_ids` maps
-row i of `presence` back to prototype `prototype_ids[i]`. Scores are unchanged.
+With `compact=True` the prototypes whose scoring-sheet weights are all zero, and the
+disabled ones (`PIPNet.disabled_prototypes`), are dropped after the softmax (which still
+needs every channel), so D' ≤ D and `prototype_ids` maps row i of `presence` back to
+prototype `prototype_ids[i]`. Scores are unchanged. Without it row i is prototype i, and a
+disabled prototype's presence and contributions are exactly 0 (its cell and box still
+say where it would have fired).
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ import tensorflow as tf
 from pipnet_tf.backbones.cpu_fast_ops import portable_graphs
 
 def kept_prototypes(model) -> np.ndarray:
-    """Indices of prototypes with a non-zero scoring-sheet weight for some class."""
-    effective = np.maximum(model.classifier.kernel.numpy(), 0.0)
+    """Indices of enabled prototypes with a non-zero scoring-sheet weight for some class."""
+    effective = np.maximum(model.enabled_kernel(), 0.0)
     return np.flatnonzero(effective.max(axis=1) > 0).astype(np.int32)
 
 
@@ -34,7 +37,8 @@ class InferenceGraph:
     Args:
         model: a built `pipnet_tf.model.PIPNet`.
         image_size: the square input size S the model was trained at.
-        compact: drop prototypes whose weights are all zero from pooling and scoring.
+        compact: drop disabled prototypes and those whose weights are all zero from
+            pooling and scoring.
 
     The image-space boxes are the backbone's own patch geometry
     (`PIPNet.patch_geometry`), the same boxes the report and purity use.
@@ -50,7 +54,8 @@ class InferenceGraph:
         self.prototype_ids = (kept_prototypes(model) if compact
                               else np.arange(num_features, dtype=np.int32))
         if compact and self.prototype_ids.size == 0:
-            raise ValueError("--compact: every scoring-sheet weight is zero; nothing to keep.")
+            raise ValueError("--compact: every enabled prototype's scoring-sheet weights are "
+                             "zero; nothing to keep.")
         self.geometry = model.patch_geometry(self.image_size)
         self.grid = self.geometry.grid
 
@@ -67,6 +72,7 @@ class InferenceGraph:
             "num_prototypes": self.num_prototypes,
             "num_prototypes_model": int(self.model.num_features),
             "compact": self.compact,
+            "disabled_prototypes": [int(p) for p in self.model.disabled_prototypes],
             "box_format": "y_min, x_min, y_max, x_max in input-image pixels, max exclusive",
         }
 
@@ -75,8 +81,15 @@ class InferenceGraph:
         # Signature functions do not check shapes at call time: fail clearly at the entry
         # (rank, 3 channels) instead of deep inside the backbone.
         images = tf.ensure_shape(images, (None, None, None, 3), name="check_images_shape")
+        # TF's CPU convolutions mishandle a batch of 0 images (the backbone fails with
+        # "Incompatible shapes"): run at least one (blank) image and keep only the
+        # `count` real rows, so an empty batch gives empty outputs of the right shapes.
+        count = tf.shape(images)[0]
         x = tf.image.resize(tf.cast(images, tf.float32), (self.image_size, self.image_size),
                             method="bilinear")
+        blank = tf.zeros(tf.stack([tf.maximum(1 - count, 0), self.image_size,
+                                   self.image_size, 3]))  # FILL + CONCAT: TFLite has them
+        x = tf.concat([x, blank], axis=0)
         with portable_graphs():  # plain TF ops only: no XLA kernels in exported graphs
             features = self.model.backbone(x, training=False)
         if self.model.add_on is not None:
@@ -84,7 +97,7 @@ class InferenceGraph:
         maps = self.model.prototype_activation(tf.cast(features, tf.float32))
         if self.compact:
             maps = tf.gather(maps, self.prototype_ids, axis=-1)
-        return maps
+        return maps[:count]
 
     def _weights(self):
         weights = tf.nn.relu(tf.cast(self.model.classifier.kernel, tf.float32))
@@ -96,6 +109,8 @@ class InferenceGraph:
         presence = tf.reduce_max(maps, axis=(1, 2))
         threshold = tf.constant(self.model.inference_threshold, tf.float32)
         presence = tf.where(presence < threshold, tf.zeros_like(presence), presence)
+        if not self.compact:  # the compact rows hold no disabled prototype
+            presence = self.model.mask_presence(presence)
         weights = self._weights()
         scores = tf.matmul(presence, weights)
         if self.model.classifier.bias is not None:

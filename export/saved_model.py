@@ -11,13 +11,20 @@ resized inside the graph, bilinear, to the model's input size):
   input image's pixels: y_min, x_min, y_max, x_max, max exclusive) and
   `contributions` (batch, D, K) float32 (presence × weight).
 
+Prototypes disabled by hand (`trainers.edit`) keep their rows: their presence and
+contributions are exactly 0. With `--compact` they are dropped, together with prototypes
+whose weights are all zero (`prototypes.txt` then maps rows to prototype ids).
+
 Assets: `class_names.txt` (line k labels score column k), `prototypes.txt` (line i is the
 prototype id of presence row i) and `metadata.json`.
 
     python -m export.saved_model --model RUN_DIR --out EXPORT_BASE/NAME/VERSION [--compact]
 
 writes the TF Serving layout (EXPORT_BASE/NAME/VERSION with an integer VERSION) and
-(re)writes EXPORT_BASE/models.config listing every model under EXPORT_BASE.
+(re)writes EXPORT_BASE/models.config listing every model under EXPORT_BASE. The version is
+written and checked (its reloaded scores against the float32 Keras model's, ≤ 1e-4) in a
+hidden sibling first: a failed check exits with status 1 and leaves no version and an
+unchanged models.config. Bad input exits with status 2 (-v 1 adds the traceback).
 """
 from __future__ import annotations
 
@@ -224,14 +231,23 @@ def main(argv):
                  split_serving_path(path)[0] / MODELS_CONFIG)
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a program, since export.tflite
+    imports this module and defines flags of the same names)."""
+    from absl import flags
 
     flags.DEFINE_string("model", None, "Run directory written by trainers.run (holds model.keras).")
     flags.DEFINE_string("out", None, "EXPORT_BASE/NAME/VERSION (VERSION an integer).")
-    flags.DEFINE_bool("compact", False, "Drop prototypes with all-zero weights from scoring.")
+    flags.DEFINE_bool("compact", False, "Drop disabled prototypes and those with all-zero "
+                      "weights from scoring.")
     flags.DEFINE_string("serving_root", "/models",
                         "Where EXPORT_BASE is mounted in TF Serving (models.config base_path).")
     flags.DEFINE_bool("verify", True, "Reload the SavedModel and compare with the Keras scores.")
     flags.mark_flags_as_required(["model", "out"])
-    app.run(main)
+
+
+if __name__ == "__main__":
+    from pipnet_tf.cli import run_app
+
+    define_flags()
+    run_app(main)

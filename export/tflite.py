@@ -18,7 +18,8 @@ depthwise conv XNNPACK runs (a 7x7 one falls back to a ~20x slower kernel); conv
 `--saved_model` keeps that SavedModel's graph as it is.
 
 Parity gate: before writing, the converted model runs on held-out (test split) images
-next to the Keras model. It refuses to write (exit status 1) when, for none/float16,
+next to the Keras model (`--num_parity_images`, 500 by default; the number used is logged
+and recorded, with a warning below 100). It refuses to write (exit status 1) when, for none/float16,
 max |score difference| / max(1, max |score|) exceeds the tolerance (1e-4 for none, 5e-2
 for float16); for dynamic/int8, top-1 agreement is below 98%; or, for every mode,
 abstention decisions disagree on more than 1% of images. The figures go to FILE with the
@@ -36,6 +37,7 @@ from typing import Iterable
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from export.graph import InferenceGraph
 from export.saved_model import build_archive
@@ -51,6 +53,9 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # sitting at the 0.1 threshold, which moves a score by ~0.1·weight.
 DEFAULT_SCORE_TOLERANCE = {"none": 1e-4, "float16": 5e-2}
 SIGNATURE = "serving_default"
+# Fewer held-out images than this make the parity figures weak evidence: a warning is
+# logged and recorded with the figures (the gate still applies).
+MIN_PARITY_IMAGES = 100
 # XNNPACK (the CPU delegate) runs int8 depthwise convs of at most 5x5 = 25 taps.
 XNNPACK_INT8_MAX_DEPTHWISE_TAPS = 25
 
@@ -132,9 +137,11 @@ def convert(saved_model_dir: str | os.PathLike, quantization: str = "none",
         if representative_images is None or len(representative_images) == 0:
             raise ValueError("int8 quantization needs representative images.")
 
-        def representative() -> Iterable[dict]:
+        def representative() -> Iterable[list]:
+            # A list of input arrays, not a {"images": ...} dict: for a dict the calibrator
+            # builds TensorFlow's own, deprecated interpreter (and prints its warning).
             for image in representative_images:
-                yield {"images": image[None].astype(np.uint8)}
+                yield [image[None].astype(np.uint8)]
 
         converter.representative_dataset = representative
     return converter.convert()
@@ -210,13 +217,21 @@ def export_tflite(model: keras.Model, out: str | os.PathLike, image_size: int,
     reference = keras_outputs(model, heldout)
     figures = parity_figures(reference, run_tflite(content, heldout))
     problems = gate.failures(quantization, figures)
+    logging.info("Parity gate of the %s TFLite model on %d held-out images.", quantization,
+                 figures["num_images"])
+    warnings = []
+    if figures["num_images"] < MIN_PARITY_IMAGES:
+        warnings.append(f"the parity gate ran on only {figures['num_images']} held-out images "
+                        f"(fewer than {MIN_PARITY_IMAGES}): its figures are weak evidence; "
+                        "check on a dataset with more test images.")
+        logging.warning("%s", warnings[-1])
     figures.update(
         quantization=quantization, compact=compact, image_size=image_size,
         heldout_split="test", file_bytes=len(content),
         gate=dataclasses.asdict(gate) | {
             "score_tolerance": (gate.score_tolerance if gate.score_tolerance is not None
                                 else DEFAULT_SCORE_TOLERANCE.get(quantization))},
-        passed=not problems, failures=problems,
+        passed=not problems, failures=problems, warnings=warnings,
         tflite=str(out) if not problems else None,
     )
     report = out.with_suffix(".json")
@@ -237,7 +252,7 @@ def main(argv):
     from export import data
 
     FLAGS = flags.FLAGS
-    run = open_run(FLAGS.model)
+    run = open_run(FLAGS.model, FLAGS.cache_dir)
     suffix = "_compact" if FLAGS.compact else ""
     out = pathlib.Path(FLAGS.out or run.run_dir / "tflite" /
                        f"pipnet_{FLAGS.quantize}{suffix}.tflite")
@@ -256,20 +271,33 @@ def main(argv):
                  figures["num_images"])
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a program)."""
+    from absl import flags
 
     flags.DEFINE_string("model", None, "Run directory written by trainers.run.")
     flags.DEFINE_enum("quantize", "none", QUANTIZATIONS, "Quantization mode.")
     flags.DEFINE_string("out", None, "Output .tflite (default RUN_DIR/tflite/pipnet_MODE.tflite).")
     flags.DEFINE_string("saved_model", None, "Convert this ExportArchive SavedModel's "
                         "serving_default instead of exporting a fresh one.")
-    flags.DEFINE_bool("compact", False, "Drop prototypes with all-zero weights from scoring.")
+    flags.DEFINE_bool("compact", False, "Drop disabled prototypes and those with all-zero "
+                      "weights from scoring.")
     flags.DEFINE_float("tolerance", None, "Max |score diff| / max(1, max |score|) for none/float16 "
                        f"(default {DEFAULT_SCORE_TOLERANCE}).")
     flags.DEFINE_float("min_top1_agreement", 0.98, "Gate for dynamic/int8.")
     flags.DEFINE_float("max_abstention_disagreement", 0.01, "Gate for every mode.")
-    flags.DEFINE_integer("num_parity_images", 500, "Held-out images for the parity gate.")
+    flags.DEFINE_integer("num_parity_images", 500, "Held-out (test split) images for the "
+                         f"parity gate; fewer than {MIN_PARITY_IMAGES} draw a warning.")
     flags.DEFINE_integer("num_calibration_images", 200, "Training images for int8 calibration.")
+    flags.DEFINE_string("cache_dir", None, "Where the dataset's images are converted to PNG "
+                        "(CMYK, EXIF-rotated, ...) and the built-in dataset is generated; "
+                        "default: the run's (config.json cache_dir, relative to the current "
+                        "directory).")
     flags.mark_flags_as_required(["model"])
-    app.run(main)
+
+
+if __name__ == "__main__":
+    from pipnet_tf.cli import run_app
+
+    define_flags()
+    run_app(main)

@@ -59,6 +59,12 @@ class TrainConfig:
     # Self-supervised pretraining on these images instead of the labelled training set
     # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.
     pretrain_data: str = ""
+    # Hand edits of a trained run (`trainers.edit`), oldest first: source run, prototypes
+    # disabled / enabled, the resulting disabled set, classifier retraining settings.
+    edits: list = dataclasses.field(default_factory=list)
+    # A PIP-Net checkpoint of the authors' PyTorch code to start from (the reference's
+    # option; `pipnet_tf.reference_checkpoint`); empty: start from `weights`.
+    state_dict_dir_net: str = ""
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -13,8 +13,11 @@ def collect_prototype_outputs(model: keras.Model, dataset: tf.data.Dataset, verb
     """One inference pass of `model` over `(images, labels)` batches (`PIPNet.predict_step`).
 
     Returns numpy arrays:
-        scores, presence: (N, K), (N, D) with the 0.1 inference threshold;
-        scores_raw, presence_raw: (N, K), (N, D) without it (reference `inference=False`);
+        scores, presence: (N, K), (N, D) with the 0.1 inference threshold (presence of
+            disabled prototypes 0);
+        scores_raw: (N, K) without the threshold (reference `inference=False`);
+        presence_raw: (N, D) without the threshold and the mask (what each prototype,
+            disabled or not, detects);
         locations: int32 (N, D) row-major index of the latent cell of each max presence;
         labels: (N,).
     Cells map to pixel boxes through `model.patch_geometry()`. The model is not modified.
@@ -29,21 +32,23 @@ def collect_prototype_outputs(model: keras.Model, dataset: tf.data.Dataset, verb
 
 
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, verbose: int = 0) -> dict:
-    """SPEC §4 metrics of `model` on `dataset` (see `metrics.summary`)."""
+    """SPEC §4 metrics of `model` on `dataset` (see `metrics.summary`); disabled
+    prototypes count as weightless."""
     out = collect_prototype_outputs(model, dataset, verbose)
     return metrics.summary(out["scores"], out["presence"], out["labels"],
-                           model.classifier.kernel.numpy())
+                           model.enabled_kernel())
 
 
 def prune_unused_prototypes(model: keras.Model, projection_dataset: tf.data.Dataset,
                             verbose: int = 0) -> list[int]:
     """Zeroes the scoring-sheet rows of relevant prototypes whose top-10 presence over
     `projection_dataset` (unaugmented training images) never exceeds 0.1 (SPEC §3).
-    Returns the pruned prototype ids."""
+    Disabled prototypes are not relevant, so their weights are kept. Returns the pruned
+    prototype ids."""
     presence = collect_prototype_outputs(model, projection_dataset, verbose)["presence"]
-    kernel = model.classifier.kernel.numpy()
-    pruned = metrics.unused_prototypes(presence, kernel)
+    pruned = metrics.unused_prototypes(presence, model.enabled_kernel())
     if len(pruned):
+        kernel = model.classifier.kernel.numpy()
         kernel[pruned, :] = 0.0
         model.classifier.kernel.assign(kernel)
     return [int(d) for d in pruned]

@@ -2,6 +2,13 @@
 
 Shapes: scores (N, K) raw scoring-sheet outputs (inference threshold applied);
 presence (N, D) thresholded presence; weights (D, K) the scoring sheet.
+
+An abstention (every class score ≤ 0: no known prototype found) is a wrong prediction in
+top-1, top-5, the per-class recalls and the binary metrics, and is left out of the
+confusion matrix (counted per true class in `abstained_per_class`). The exported graphs
+predict class −1 for it. The reference's argmax counts it as a prediction of class 0, so
+the paper's accuracies include abstentions of class-0 images as correct (BUILD_NOTES,
+"Deviations").
 """
 from __future__ import annotations
 
@@ -19,19 +26,31 @@ def effective_weights(kernel: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(kernel, np.float64), 0.0)
 
 
+def abstained(scores: np.ndarray) -> np.ndarray:
+    """(N,) bool: the model abstains when every class score is ≤ 0."""
+    return np.max(scores, axis=1) <= 0.0
+
+
+def predicted_classes(scores: np.ndarray) -> np.ndarray:
+    """(N,) int64: the argmax class of each image, −1 where the model abstains (as the
+    exported graphs' `predicted_class`)."""
+    scores = np.asarray(scores)
+    return np.where(abstained(scores), -1, np.argmax(scores, axis=1))
+
+
 def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(scores, axis=1) == np.asarray(labels)))
+    """Fraction of images whose predicted class is the label; an abstention is wrong."""
+    return float(np.mean(predicted_classes(scores) == np.asarray(labels)))
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Fraction of images whose label is among the `k` highest scores (ties: the lower
+    class index first); an abstention is wrong."""
+    scores = np.asarray(scores)
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
-
-
-def abstained(scores: np.ndarray) -> np.ndarray:
-    """(N,) bool: the model abstains when every class score is 0."""
-    return np.max(scores, axis=1) <= 0.0
+    hit = np.any(top == np.asarray(labels)[:, None], axis=1)
+    return float(np.mean(hit & ~abstained(scores)))
 
 
 def relevant_prototypes(kernel: np.ndarray, min_weight: float = NONZERO) -> np.ndarray:
@@ -109,12 +128,23 @@ def scoring_sheet(kernel: np.ndarray, class_names: list[str]) -> dict[str, list[
 
 # === Classification details (reference `eval_pipnet`) ===
 def confusion_matrix(scores: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """(K, K) int counts, rows = true class, columns = predicted class (argmax)."""
+    """(K, K) int counts, rows = true class, columns = predicted class; abstentions are
+    not in it (see `abstained_per_class`)."""
     scores = np.asarray(scores)
     k = scores.shape[1] if num_classes is None else int(num_classes)
     cm = np.zeros((k, k), np.int64)
-    np.add.at(cm, (np.asarray(labels, np.int64), np.argmax(scores, axis=1)), 1)
+    predicted = predicted_classes(scores)
+    kept = predicted >= 0
+    np.add.at(cm, (np.asarray(labels, np.int64)[kept], predicted[kept]), 1)
     return cm
+
+
+def abstained_per_class(scores: np.ndarray, labels: np.ndarray,
+                        num_classes: int | None = None) -> np.ndarray:
+    """(K,) int: abstentions per true class (the confusion matrix's missing counts)."""
+    scores = np.asarray(scores)
+    k = scores.shape[1] if num_classes is None else int(num_classes)
+    return np.bincount(np.asarray(labels, np.int64)[abstained(scores)], minlength=k)
 
 
 def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -147,28 +177,32 @@ def auc_scores(scores: np.ndarray, multiplier: float = 2.0) -> np.ndarray:
 
 
 def binary_metrics(scores: np.ndarray, labels: np.ndarray, multiplier: float = 2.0) -> dict:
-    """Two-class metrics exactly as the reference prints them.
+    """Two-class metrics as the reference prints them, with abstentions wrong.
 
-    Class 0 is "positive" for sensitivity/specificity (tp = cm[0,0]), while F1 uses label 1
-    as positive and AUC scores images by max softmax(log1p(scores**m)) against label 1
-    (sklearn defaults in the reference). NaN where a denominator is 0.
+    Class 0 is "positive" for sensitivity/specificity (tp = images of class 0 predicted 0,
+    fn = the other class-0 images, abstentions included; tn, fp likewise for class 1),
+    while F1 uses label 1 as positive and AUC scores images by max
+    softmax(log1p(scores**m)) against label 1 (sklearn defaults in the reference). NaN
+    where a denominator is 0. Without abstentions this is exactly the reference.
     """
     scores = np.asarray(scores)
     labels = np.asarray(labels)
     if scores.shape[1] != 2:
         raise ValueError(f"binary_metrics needs 2 classes, got scores of shape {scores.shape}")
-    cm = confusion_matrix(scores, labels, 2)
-    tp, fn, fp, tn = (float(cm[0, 0]), float(cm[0, 1]), float(cm[1, 0]), float(cm[1, 1]))
+    pred = predicted_classes(scores)
+    tp = float(np.sum((labels == 0) & (pred == 0)))
+    fn = float(np.sum((labels == 0) & (pred != 0)))
+    tn = float(np.sum((labels == 1) & (pred == 1)))
+    fp = float(np.sum((labels == 1) & (pred != 1)))
 
     def ratio(a, b):
         return a / b if b else float("nan")
 
     sensitivity, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
-    pred = np.argmax(scores, axis=1)
     tp1 = float(np.sum((pred == 1) & (labels == 1)))
     f1_denominator = float(np.sum(pred == 1) + np.sum(labels == 1))
     f1 = 2 * tp1 / f1_denominator if f1_denominator else 0.0  # sklearn's zero_division
-    recalls = [ratio(float(cm[c, c]), float(cm[c].sum())) for c in range(2) if cm[c].sum()]
+    recalls = [r for r in (sensitivity, specificity) if not np.isnan(r)]
     return {
         "f1": f1,
         "sensitivity": sensitivity,
@@ -185,6 +219,7 @@ def classification_report(scores: np.ndarray, presence: np.ndarray, labels: np.n
     reference then reports F1 in place of top-5)."""
     report = summary(scores, presence, labels, kernel)
     report["confusion_matrix"] = confusion_matrix(scores, labels).tolist()
+    report["abstained_per_class"] = abstained_per_class(scores, labels).tolist()
     if np.asarray(scores).shape[1] == 2:
         report.update(binary_metrics(scores, labels, multiplier))
     return report

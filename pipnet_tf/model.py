@@ -2,8 +2,13 @@
 
 `PIPNet(images)` returns a dict of named outputs:
     proto_features: (batch, H, W, D) softmax over D at every latent cell;
-    presence:       (batch, D) max over the grid, in [0, 1] (values < 0.1 zeroed in inference);
+    presence:       (batch, D) max over the grid, in [0, 1] (values < 0.1 zeroed in inference;
+                    0 for disabled prototypes);
     scores:         (batch, K) raw, unnormalised scoring-sheet sums.
+
+Prototypes can be disabled by hand (`disabled_prototypes`, e.g. shortcuts found in the
+report; `trainers.edit`): their presence is set to 0 before the scoring sheet in every
+forward, and the list is part of the model's config, so it survives saving and export.
 
 Training (`fit`) takes batches `(view1, view2, label)` and runs the loss of the current
 phase, `λ_A·L_A + λ_T·L_T + λ_C·L_C` (SPEC §2), with one optimiser per parameter group.
@@ -22,6 +27,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipnet_tf import losses as pipnet_losses
@@ -58,6 +64,8 @@ class PIPNet(keras.Model):
         shrink: per-step shrinkage of the scoring sheet in the second phase (1e-3).
         inference_threshold: presence below it is zeroed in inference mode (0.1).
         seed: seed of the weight initialisers of the head.
+        disabled_prototypes: prototype ids (0 ≤ id < D) whose presence is set to 0
+            before the scoring sheet (their weights are kept, so enabling restores them).
     """
 
     def __init__(
@@ -69,6 +77,7 @@ class PIPNet(keras.Model):
         shrink: float = 1e-3,
         inference_threshold: float = PRESENCE_THRESHOLD,
         seed: int | None = None,
+        disabled_prototypes: Sequence[int] = (),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -83,6 +92,7 @@ class PIPNet(keras.Model):
         self.shrink = float(shrink)
         self.inference_threshold = float(inference_threshold)
         self.seed = seed
+        self.disabled_prototypes = _prototype_ids(disabled_prototypes)
         # Distinct seeds for the two initialised head layers (an integer-seeded Keras
         # initializer returns the same values on every call).
         add_on_seed, classifier_seed = (None, None) if seed is None else (
@@ -125,6 +135,10 @@ class PIPNet(keras.Model):
             self.add_on.build(shape)
             shape = self.add_on.compute_output_shape(shape)
         self.classifier.build((shape[0], shape[-1]))
+        if self.disabled_prototypes and self.disabled_prototypes[-1] >= shape[-1]:
+            raise ValueError(
+                f"`disabled_prototypes` must be ids below D={shape[-1]}, received: "
+                f"{[p for p in self.disabled_prototypes if p >= shape[-1]]}")
         self.built = True
 
     def call(self, images, training=None, apply_threshold: bool | None = None):
@@ -137,7 +151,7 @@ class PIPNet(keras.Model):
         if self.add_on is not None:
             features = self.add_on(features)
         proto_features = self.prototype_activation(tf.cast(features, "float32"))
-        presence = self.prototype_pooling(proto_features)
+        presence = self.mask_presence(self.prototype_pooling(proto_features))
         if apply_threshold is None:
             apply_threshold = not training
         if apply_threshold:
@@ -162,6 +176,28 @@ class PIPNet(keras.Model):
     def threshold_presence(self, presence: tf.Tensor) -> tf.Tensor:
         """Zeroes presence scores strictly below the inference threshold; (batch, D)."""
         return tf.where(presence < self.inference_threshold, tf.zeros_like(presence), presence)
+
+    def mask_presence(self, presence: tf.Tensor) -> tf.Tensor:
+        """(batch, D) presence with the disabled prototypes' columns set to exactly 0."""
+        if not self.disabled_prototypes:
+            return presence
+        enabled = tf.constant(self.prototype_mask)
+        return tf.where(enabled, presence, tf.zeros_like(presence))
+
+    @property
+    def prototype_mask(self) -> np.ndarray:
+        """bool (D,): True for the prototypes the scoring sheet uses."""
+        mask = np.ones(self.num_features, bool)
+        mask[list(self.disabled_prototypes)] = False
+        return mask
+
+    def enabled_kernel(self) -> np.ndarray:
+        """(D, K) float32 scoring-sheet kernel W with the disabled prototypes' rows
+        zeroed: the weights the forward applies (before the ReLU). Metrics, the scoring
+        sheet, pruning and `--compact` read this instead of `classifier.kernel`."""
+        kernel = np.array(self.classifier.kernel.numpy(), np.float32)
+        kernel[list(self.disabled_prototypes)] = 0.0
+        return kernel
 
     # === Layer groups and phases ===
     def layer_groups(self) -> dict[str, list[keras.layers.Layer]]:
@@ -287,10 +323,11 @@ class PIPNet(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def _update_prediction_trackers(self, labels, scores, presence) -> None:
+        # An abstention (every score <= 0) is wrong, as in `metrics.top1_accuracy`.
         predicted = tf.argmax(scores, axis=-1, output_type=tf.int32)
-        self._trackers["accuracy"].update_state(
-            tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
-        )
+        correct = tf.logical_and(tf.equal(predicted, tf.cast(labels, tf.int32)),
+                                 tf.reduce_max(scores, axis=-1) > 0.0)
+        self._trackers["accuracy"].update_state(tf.cast(correct, tf.float32))
         present = tf.reduce_sum(tf.cast(presence > self.inference_threshold, tf.float32), axis=-1)
         self._trackers["num_present"].update_state(present)
 
@@ -334,8 +371,11 @@ class PIPNet(keras.Model):
         that evaluation and explanations need, without the (batch, H, W, D) maps.
 
         Returns:
-            scores (batch, K) and presence (batch, D) with the inference threshold;
-            scores_raw, presence_raw without it (the reference's `inference=False`);
+            scores (batch, K) and presence (batch, D) with the inference threshold and
+            the disabled prototypes at 0 (what the scoring sheet uses);
+            scores_raw without the threshold (the reference's `inference=False`);
+            presence_raw without the threshold and without the mask: what each
+            prototype detects, disabled ones included (purity, prototype pictures);
             locations int32 (batch, D): row-major latent cell where each prototype was
             highest; labels (batch,) when the data has them.
         """
@@ -351,7 +391,7 @@ class PIPNet(keras.Model):
             "scores": self.classifier(presence),
             "presence": presence,
             "scores_raw": out["scores"],
-            "presence_raw": out["presence"],
+            "presence_raw": self.prototype_pooling(features),
             "locations": tf.cast(tf.argmax(flat, axis=1), tf.int32),
         }
         if labels is not None:
@@ -374,6 +414,7 @@ class PIPNet(keras.Model):
             "shrink": self.shrink,
             "inference_threshold": self.inference_threshold,
             "seed": self.seed,
+            "disabled_prototypes": list(self.disabled_prototypes),
         }
 
     @classmethod
@@ -385,9 +426,27 @@ class PIPNet(keras.Model):
             # A model saved before backbones were `Backbone` models (pipnet-tf <= 0.1
             # sessions 1-4): the same layers under the same names, rebuilt as the
             # registered class so that groups and geometry are known again.
-            backbone = build_backbone(legacy_name, backbone.input_shape[1], weights=None)
+            from pipnet_tf.backbones.resnet import LEGACY_NAMES  # keras-layout ResNets
+
+            backbone = build_backbone(LEGACY_NAMES.get(legacy_name, legacy_name),
+                                      backbone.input_shape[1], weights=None)
         config["backbone"] = backbone
         return cls(**config)
+
+
+def _prototype_ids(ids: Iterable[int]) -> tuple[int, ...]:
+    """Sorted, unique non-negative prototype ids; ValueError quoting a bad one."""
+    out = set()
+    for value in ids:
+        try:
+            valid = not isinstance(value, bool) and int(value) == value and int(value) >= 0
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"`disabled_prototypes` must be non-negative integers, "
+                             f"received: {value!r}")
+        out.add(int(value))
+    return tuple(sorted(out))
 
 
 def float32_copy(model: PIPNet) -> PIPNet:

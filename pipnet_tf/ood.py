@@ -18,16 +18,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MAX_BACKOFF_STEPS = 1_000_000
 
 
-def list_images(folder: str | os.PathLike) -> list[str]:
+def list_images(folder: str | os.PathLike, what: str = "Image folder") -> list[str]:
     """Image files under `folder` (recursive, extensions in IMAGE_EXTENSIONS, any case),
-    sorted."""
+    sorted; `what` names the folder in errors (e.g. the flag that gave it)."""
     root = pathlib.Path(folder).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"Image folder {str(root)!r} does not exist")
+        raise FileNotFoundError(f"{what} {str(root)!r} does not exist or is not a folder")
     files = sorted(str(p) for p in root.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {str(root)!r}")
+        raise ValueError(f"{what} {str(root)!r} holds no images "
+                         f"({', '.join(IMAGE_EXTENSIONS)})")
     return files
 
 

@@ -3,6 +3,14 @@
 SPEC §3: pretraining (λ_A = e/E, λ_T = 5, classifier frozen) → phase 2 with the first
 `finetune_epochs` training only the scoring sheet (2·L_C), then up to `freeze_epochs`
 with the backbone group frozen, then everything (5·L_A + 2·L_T + 2·L_C).
+
+`freeze_epochs` counts from the start of phase 2 and includes the finetune epochs:
+
+    finetune = min(finetune_epochs, epochs)   (0 without pretraining)
+    frozen   = max(0, min(freeze_epochs, epochs) - finetune)
+    full     = epochs - finetune - frozen
+
+so `epochs=3, freeze_epochs=1, finetune_epochs=1` has no frozen stage.
 """
 from __future__ import annotations
 
@@ -40,18 +48,20 @@ class Stage:
 
 
 def make_plan(
-    epochs_pretrain: int, epochs: int, freeze_epochs: int, finetune_epochs: int = 3
+    epochs_pretrain: int, epochs: int, freeze_epochs: int, finetune_epochs: int = 3,
+    loaded: bool = False,
 ) -> list[Stage]:
     """The list of non-empty stages, in order, with global epoch indices.
 
-    Finetune epochs exist only after pretraining (reference: `epochs_to_finetune` applies
-    only if there was pretraining or a loaded checkpoint).
+    Finetune epochs exist only after pretraining or when the model was `loaded` from a
+    checkpoint (reference: `epochs_to_finetune` applies only if there was pretraining or
+    a loaded checkpoint, `--state_dict_dir_net`).
     """
     for name, value in (("epochs_pretrain", epochs_pretrain), ("epochs", epochs),
                         ("freeze_epochs", freeze_epochs), ("finetune_epochs", finetune_epochs)):
         if value < 0:
             raise ValueError(f"`{name}` must be >= 0, received: {value}")
-    finetune = min(finetune_epochs, epochs) if epochs_pretrain > 0 else 0
+    finetune = min(finetune_epochs, epochs) if epochs_pretrain > 0 or loaded else 0
     frozen = max(0, min(freeze_epochs, epochs) - finetune)
     full = epochs - finetune - frozen
     net = ("freeze", "train", "add_on")
@@ -97,3 +107,62 @@ def extra_shrink_epochs(plan: list[Stage], every: int = 30) -> set[int]:
         return set()
     local = {e for e in range(1, total + 1) if e % every == 0 or e == total}
     return {first + e - 1 for e in local}
+
+
+def classifier_only_plan(epochs: int) -> list[Stage]:
+    """`epochs` phase-2 epochs that train only the scoring sheet with 2·L_C, the settings
+    of the finetune stage: retraining the scoring sheet after a hand edit (`trainers.edit`)."""
+    if int(epochs) < 1:
+        raise ValueError(f"`epochs` must be >= 1, received: {epochs}")
+    return [Stage(FINETUNE, 2, 0, int(epochs), ("classifier",), (0.0, 0.0, 2.0))]
+
+
+STAGE_TEXT = {
+    PRETRAIN: "prototype pretraining, λ_A ramps to 1, λ_T = 5, no classifier",
+    FINETUNE: "the classifier only, 2·L_C",
+    FROZEN: "backbone group frozen, 5·L_A + 2·L_T + 2·L_C",
+    FULL: "everything, 5·L_A + 2·L_T + 2·L_C",
+}
+
+
+def check_classification_epochs(epochs: int) -> None:
+    """Refuses a run without phase-2 epochs: its scoring sheet would never be trained,
+    yet it would be saved, evaluated and exported like a classifier.
+
+    Raises:
+        ValueError: `epochs` < 1.
+    """
+    if epochs < 1:
+        raise ValueError(
+            f"--epochs={epochs}: the scoring sheet is trained only in the classification "
+            "phase, so this run would save and evaluate an untrained classifier. Pass "
+            "--epochs >= 1 (the pretraining epochs are --epochs_pretrain).")
+
+
+def describe_plan(plan: list[Stage]) -> list[str]:
+    """One line per stage: 1-based epochs, stage, phase, what trains, the loss."""
+    total = plan[-1].end_epoch if plan else 0
+    lines = [f"Training plan: {total} epochs"]
+    for s in plan:
+        lines.append(f"  epochs {s.first_epoch + 1:>3}-{s.end_epoch:<3} {s.name:<8} "
+                     f"(phase {s.phase}, {s.epochs} epochs): trains "
+                     f"{', '.join(s.trainable_groups)}; {STAGE_TEXT[s.name]}")
+    return lines
+
+
+def plan_warnings(epochs_pretrain: int, epochs: int, freeze_epochs: int,
+                  finetune_epochs: int, loaded: bool = False) -> list[str]:
+    """Flags that ask for a stage the plan does not have (see `make_plan`)."""
+    plan = {s.name: s.epochs for s in make_plan(epochs_pretrain, epochs, freeze_epochs,
+                                                 finetune_epochs, loaded=loaded)}
+    finetune = plan.get(FINETUNE, 0)
+    warnings = []
+    if finetune_epochs > 0 and epochs_pretrain == 0 and not loaded:
+        warnings.append(f"--finetune_epochs={finetune_epochs} is ignored without pretraining "
+                        "(--epochs_pretrain=0) or a loaded checkpoint, as in the reference.")
+    if freeze_epochs > 0 and not plan.get(FROZEN, 0) and epochs > finetune:
+        warnings.append(
+            f"--freeze_epochs={freeze_epochs} counts the {finetune} classifier-only epoch(s) "
+            f"of --finetune_epochs, so there is no frozen-backbone stage; for N frozen "
+            f"epochs pass --freeze_epochs={finetune}+N.")
+    return warnings

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import zipfile
 
 import keras
 from absl import logging
@@ -75,6 +76,11 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise RunDirectoryError(
             f"No {path.name} in run directory {str(path.parent)!r}: pass the --log_dir of a "
             "finished `python -m trainers.run`.")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras reports such a file as "File not found".
+        raise RunDirectoryError(
+            f"{str(path)!r} is damaged: not a complete .keras (zip) file, {path.stat().st_size} "
+            "bytes (truncated? a copy or a run that was interrupted while saving).")
     try:
         return keras.saving.load_model(str(path))
     except Exception as e:  # noqa: BLE001 - zip, h5 and config errors all mean "unreadable"
@@ -83,8 +89,12 @@ def load_model(path: str | os.PathLike) -> keras.Model:
             f"file?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def open_run(run_dir: str | os.PathLike) -> Run:
+def open_run(run_dir: str | os.PathLike, cache_dir: str | None = None) -> Run:
     """Opens a finished run directory.
+
+    Args:
+        cache_dir: the cache of generated and converted images to use instead of the
+            one in `config.json` (`run.config.cache_dir` is then `cache_dir`).
 
     Raises:
         RunDirectoryError: `run_dir` is missing, not a run directory, or its files are
@@ -100,4 +110,6 @@ def open_run(run_dir: str | os.PathLike) -> Run:
         logging.warning("%s says image_size=%d but the model takes %d px; using %d.",
                         run_dir / CONFIG_FILE, config.image_size, image_size, image_size)
         config = config.replace(image_size=image_size)
+    if cache_dir:
+        config = config.replace(cache_dir=str(cache_dir))
     return Run(run_dir, model, config, read_class_names(run_dir, model.num_classes), image_size)

@@ -1,8 +1,10 @@
-"""Tests of the keras.applications backbones (`convnext.py`, `resnet.py`, `weights.py`).
+"""Tests of the real backbones (`convnext.py`, `torchvision_resnet.py`, the
+keras.applications-layout `resnet.py`, `weights.py`).
 
 Small inputs (64 px) except one 224 forward; no training of full-size backbones.
 Latent sizes at S px: convnext_tiny_26 S/8 − 2 (26 at 224), convnext_tiny_13 S/16 − 1 (13),
-ResNets S/8 (28).
+ResNets S/8 (28). Their numerics against the reference's (torchvision) forward are checked
+layer by layer in `reference_checkpoint_test.py`.
 """
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ import tensorflow as tf
 
 from pipnet_tf import phases
 from pipnet_tf.backbones import GROUP_NAMES, Backbone, build_backbone, convnext, resnet
+from pipnet_tf.backbones import torchvision_resnet
 from pipnet_tf.backbones import weights as backbone_weights
 from pipnet_tf.model import PIPNet
+from pipnet_tf.torch_checkpoint import TorchCheckpointError
+from tests.torch_files import reference_state_dict, write_torch_file
 
 SIZE = 64
 LATENT = {  # name → (grid at S px, channels)
@@ -30,6 +35,7 @@ LATENT = {  # name → (grid at S px, channels)
     "resnet50_inat": (lambda s: s // 8, 2048),
     "resnet101": (lambda s: s // 8, 2048),
     "resnet152": (lambda s: s // 8, 2048),
+    "resnet50_keras": (lambda s: s // 8, 2048),
 }
 CONVNEXT_LAST_STAGE = ("convnext_tiny_stage_3_", "convnext_tiny_downsampling_layernorm_2",
                        "convnext_tiny_downsampling_conv_2")
@@ -73,7 +79,7 @@ def test_shapes_and_groups(name):
         expected = [2, 1, 1] if name == "convnext_tiny_26" else [2, 2, 1]
         assert [backbone.get_layer(f"convnext_tiny_downsampling_conv_{i}").strides[0]
                 for i in range(3)] == expected
-    else:
+    elif name.endswith("_keras"):
         assert all(n.startswith("conv5_block3_") for n in names["train"]) and names["train"]
         assert all(n.startswith(("conv4_", "conv5_block1_", "conv5_block2_"))
                    for n in names["freeze"])
@@ -83,6 +89,22 @@ def test_shapes_and_groups(name):
         strided = ("conv1_conv", "conv3_block1_0_conv", "conv3_block1_1_conv", "conv4_block1_0_conv",
                    "conv4_block1_1_conv", "conv5_block1_0_conv", "conv5_block1_1_conv")
         assert [backbone.get_layer(n).strides[0] for n in strided] == [2, 2, 2, 1, 1, 1, 1]
+    else:  # torchvision layout, the reference's
+        assert isinstance(backbone, torchvision_resnet.TorchvisionResNetBackbone)
+        assert names["train"] == {f"layer4_2_{s}{i}" for s in ("conv", "bn") for i in (1, 2, 3)}
+        assert all(n.startswith(("layer3_", "layer4_0_", "layer4_1_")) for n in names["freeze"])
+        assert {"layer3_0_downsample_0", "layer4_0_downsample_1"} <= names["freeze"]
+        assert all(n.startswith("layer2_") for n in names["backbone"]) and names["backbone"]
+        assert {"conv1", "bn1", "layer1_0_downsample_0", "layer1_2_bn3"} <= names["never"]
+        assert all(n.startswith(("conv1", "bn1", "layer1_")) for n in names["never"])
+        # The stride sits on the 3x3 conv (and the shortcut); convs have no bias; BN eps 1e-5.
+        strided = ("conv1", "layer2_0_conv1", "layer2_0_conv2", "layer2_0_downsample_0",
+                   "layer3_0_conv2", "layer4_0_conv2", "layer4_0_downsample_0")
+        assert [backbone.get_layer(n).strides[0] for n in strided] == [2, 1, 2, 2, 1, 1, 1]
+        convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+        assert convs and not any(layer.use_bias for layer in convs)
+        assert {layer.epsilon for layer in backbone.layers
+                if isinstance(layer, keras.layers.BatchNormalization)} == {1e-5}
 
 
 def test_convnext_tiny_26_at_224():
@@ -125,7 +147,7 @@ def test_same_function_as_keras_applications():
 @pytest.mark.parametrize("name,application", [
     ("convnext_tiny_26", lambda: keras.applications.ConvNeXtTiny(
         include_top=False, weights=None, input_shape=(None, None, 3))),
-    ("resnet50_inat", lambda: keras.applications.ResNet50(include_top=False, weights=None)),
+    ("resnet50_keras", lambda: keras.applications.ResNet50(include_top=False, weights=None)),
 ])
 def test_load_weights_of_unmodified_application(name, application, tmp_path):
     source = application()
@@ -177,7 +199,9 @@ def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
 
     monkeypatch.setattr(file_utils, "urlretrieve", offline)
     for name, file_name in (("convnext_tiny_13", "convnext_tiny_notop.h5"),
-                            ("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")):
+                            ("resnet50_keras",
+                             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                            ("resnet50", "resnet50-0676ba61.pth")):
         with pytest.raises(FileNotFoundError) as error:
             build_backbone(name, SIZE, weights="imagenet")
         message = str(error.value)
@@ -185,8 +209,9 @@ def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
         assert "--weights=PATH" in message
     with pytest.raises(ValueError, match="--weights=PATH"):
         build_backbone("resnet50_inat", SIZE, weights="imagenet")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_backbone("resnet50", SIZE, weights=str(tmp_path / "missing.weights.h5"))
+    for name in ("resnet50", "resnet50_keras"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            build_backbone(name, SIZE, weights=str(tmp_path / "missing.weights.h5"))
 
 
 def test_imagenet_really_offline(monkeypatch, tmp_path):
@@ -220,8 +245,8 @@ def test_phase_plan_trainable_variables(name):
         last = {n for n in all_layers if n.startswith(CONVNEXT_LAST_STAGE)}
         everything = all_layers
     else:
-        last = {n for n in all_layers if n.startswith(("conv4_", "conv5_"))}
-        everything = {n for n in all_layers if not n.startswith(("conv1_", "conv2_"))}
+        last = {n for n in all_layers if n.startswith(("layer3_", "layer4_"))}
+        everything = {n for n in all_layers if not n.startswith(("conv1", "bn1", "layer1_"))}
         assert everything != all_layers
     expected = {phases.PRETRAIN: (last, False), phases.FINETUNE: (set(), True),
                 phases.FROZEN: (last, True), phases.FULL: (everything, True)}
@@ -250,7 +275,7 @@ def test_mixed_bfloat16():
         with tf.GradientTape() as tape:
             parts = model.compute_pipnet_losses(images, images[::-1], labels, training=True)
             loss = 5 * parts["L_A"] + 2 * parts["L_T"] + 2 * parts["L_C"]
-        variables = [model.classifier.kernel, backbone.get_layer("conv5_block3_3_conv").kernel]
+        variables = [model.classifier.kernel, backbone.get_layer("layer4_2_conv3").kernel]
         grads = tape.gradient(loss, variables)
         assert loss.dtype == tf.float32
         assert all(g is not None and np.isfinite(g).all() for g in grads)
@@ -259,7 +284,7 @@ def test_mixed_bfloat16():
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("name", ["tiny_cnn", "convnext_tiny_13", "resnet50"])
+@pytest.mark.parametrize("name", ["tiny_cnn", "convnext_tiny_13", "resnet50", "resnet50_keras"])
 def test_config_round_trip(name, tmp_path):
     """keras-hub's check: get_config → from_config → get_config gives the same JSON, and a
     `.keras` round trip keeps the class, the weights, the groups and the geometry."""
@@ -282,7 +307,7 @@ def test_config_round_trip(name, tmp_path):
     assert loaded.patch_geometry() == model.patch_geometry()
 
 
-@pytest.mark.parametrize("name", ["tiny_cnn", "convnext_tiny_13", "resnet50"])
+@pytest.mark.parametrize("name", ["tiny_cnn", "convnext_tiny_13", "resnet50", "resnet50_keras"])
 def test_every_layer_starts_with_its_own_values(name):
     """A seeded initializer repeats its values: each layer must get its own seed, so no
     two kernels of the same shape start equal, and the same seed builds the same model."""
@@ -306,6 +331,60 @@ def test_every_layer_starts_with_its_own_values(name):
 def test_preprocessing_is_the_backbones_first_layer():
     assert isinstance(build_backbone("convnext_tiny_13", SIZE).preprocessing,
                       backbone_weights.ImagePreprocessing)
-    assert isinstance(build_backbone("resnet50", SIZE).preprocessing,
-                      backbone_weights.ImagePreprocessing)
+    for name in ("resnet50", "resnet50_keras"):
+        assert isinstance(build_backbone(name, SIZE, weights="none").preprocessing,
+                          backbone_weights.ImagePreprocessing)
     assert isinstance(build_backbone("tiny_cnn", SIZE).preprocessing, keras.layers.Rescaling)
+
+
+def _torchvision_state_dict(net: str, seed: int = 0) -> dict:
+    """A torchvision-format state_dict (no prefix, with its classification head) holding the
+    backbone part of a random PIP-Net reference state_dict."""
+    state_dict = {k.removeprefix("_net."): v for k, v in reference_state_dict(
+        net, num_classes=2, seed=seed, prefix="").items() if k.startswith("_net.")}
+    if net.startswith("resnet"):
+        state_dict.update({"fc.weight": np.zeros((1000, 2048), np.float32),
+                           "fc.bias": np.zeros(1000, np.float32)})
+    else:
+        state_dict.update({"classifier.0.weight": np.ones(768, np.float32),
+                           "classifier.0.bias": np.zeros(768, np.float32),
+                           "classifier.2.weight": np.zeros((1000, 768), np.float32),
+                           "classifier.2.bias": np.zeros(1000, np.float32)})
+    return state_dict
+
+
+@pytest.mark.parametrize("name,file_net,key,layer", [
+    ("resnet50", "resnet50", "layer3.1.conv2.weight", "layer3_1_conv2"),
+    ("convnext_tiny_26", "convnext_tiny_26", "features.5.4.block.0.weight",
+     "convnext_tiny_stage_2_block_4_depthwise_conv")])
+def test_torchvision_weights_files_load_by_pytorch_name(tmp_path, name, file_net, key, layer):
+    """torchvision's ImageNet files (what the reference starts from) load with
+    --weights=PATH; their classification head is ignored; a file for another model is
+    refused with the keys that do not fit."""
+    state_dict = _torchvision_state_dict(file_net)
+    path = write_torch_file(tmp_path / "torchvision.pth", state_dict)
+    model = build_backbone(name, SIZE, weights=str(path))
+    kernel = model.get_layer(layer).kernel.numpy()
+    expected = state_dict[key].transpose(2, 3, 0, 1) if name.startswith("convnext") else \
+        state_dict[key].transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(kernel, expected)
+    with pytest.raises(TorchCheckpointError, match="missing keys.*unexpected keys"):
+        build_backbone("resnet50" if name.startswith("convnext") else "convnext_tiny_13", SIZE,
+                       weights=str(path))
+    with pytest.raises(ValueError, match="no PyTorch counterpart"):
+        build_backbone("resnet50_keras", SIZE, weights=str(path))
+
+
+def test_resnet_imagenet_weights_come_from_the_keras_cache(monkeypatch, tmp_path):
+    """`--weights=imagenet` for the torchvision-layout ResNet reads torchvision's file from
+    $KERAS_HOME/models (downloaded there when online)."""
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    state_dict = _torchvision_state_dict("resnet50", seed=4)
+    write_torch_file(tmp_path / "models" / "resnet50-0676ba61.pth", state_dict)
+    model = build_backbone("resnet50", SIZE, weights="imagenet")
+    np.testing.assert_array_equal(model.get_layer("bn1").moving_variance.numpy(),
+                                  state_dict["bn1.running_var"])

@@ -259,6 +259,57 @@ def test_a_failed_verification_leaves_no_version_and_an_unchanged_models_config(
     assert (base / "models.config").read_text() == config_before
 
 
+def test_a_failed_verification_at_the_cli_exits_1_with_one_line(tmp_path):
+    """The real `main` and flag parsing, with the check forced to fail."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    sparse_model().save(run_dir / "model.keras")
+    (run_dir / "config.json").write_text(json.dumps({"image_size": 64}))
+    base = tmp_path / "exports"
+    (base / "pipnet").mkdir(parents=True)
+    (base / "models.config").write_text("# before\n")
+    script = textwrap.dedent(f"""
+        import sys
+        import export.saved_model as saved_model
+        from pipnet_tf.cli import run_app
+        saved_model.verify_saved_model = lambda *args, **kwargs: 0.5
+        saved_model.define_flags()
+        sys.argv = ["export.saved_model", "--model", {str(run_dir)!r},
+                    "--out", {str(base / 'pipnet' / '1')!r}]
+        run_app(saved_model.main)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=ENV, cwd=pathlib.Path(__file__).parents[1])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "export.saved_model:" in line]
+    assert len(errors) == 1 and "VerificationError" in errors[0] and "differ by 0.5" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert list((base / "pipnet").iterdir()) == []
+    assert (base / "models.config").read_text() == "# before\n"
+
+
+def test_an_empty_batch_gives_empty_outputs_of_the_right_shapes(tmp_path):
+    """A batch of 0 images used to fail inside the backbone ("Incompatible shapes")."""
+    import tensorflow as tf
+
+    model = sparse_model()
+    export_saved_model(model, tmp_path / "sm", 64, compact=True)
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    kept, k = kept_prototypes(model).size, model.num_classes
+    expected = {"scores": (0, k), "predicted_class": (0,), "abstained": (0,),
+                "presence": (0, kept)}
+    out = loaded.signatures["serving_default"](images=tf.zeros((0, 50, 40, 3), tf.uint8))
+    assert {key: tuple(v.shape) for key, v in out.items()} == expected
+    out = loaded.signatures["explain"](images=tf.zeros((0, 64, 64, 3), tf.uint8))
+    assert {key: tuple(v.shape) for key, v in out.items()} == {
+        **expected, "prototype_cell": (0, kept, 2), "prototype_box": (0, kept, 4),
+        "contributions": (0, kept, k)}
+    # And a batch of one still gives the Keras scores (the blank filler image is dropped).
+    image = uint8_images((1, 64, 64, 3), seed=3)
+    got = loaded.signatures["serving_default"](images=tf.constant(image))["scores"].numpy()
+    np.testing.assert_allclose(got, model(image.astype("float32"))["scores"].numpy(), atol=1e-5)
+
+
 def test_attach_assets_relies_on_keras_internals(tmp_path):
     """`attach_assets` uses ExportArchive's private `_tf_trackable`; this fails when Keras
     changes it (then look for a public hook for files)."""

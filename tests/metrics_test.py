@@ -11,9 +11,25 @@ Y = np.array([0, 1, 1])
 
 
 def test_accuracy_and_abstention():
-    assert metrics.top1_accuracy(S, Y) == 2 / 3  # image 3 abstains → argmax 0 → wrong
+    assert metrics.top1_accuracy(S, Y) == 2 / 3  # image 3 abstains → wrong
     np.testing.assert_array_equal(metrics.abstained(S), [False, False, True])
-    assert metrics.topk_accuracy(S, Y, 5) == 1.0
+    np.testing.assert_array_equal(metrics.predicted_classes(S), [0, 1, -1])
+    assert metrics.topk_accuracy(S, Y, 5) == 2 / 3  # top-5 of 2 classes, abstention wrong
+
+
+def test_an_abstention_is_wrong_even_where_argmax_would_hit_the_label():
+    # The reference's argmax calls an all-zero row class 0: image 2 (label 0) would count
+    # as correct. Here it is wrong in top-1 and top-k, and left out of the confusion matrix.
+    scores = np.array([[0.0, 3.0, 1.0], [0.0, 0.0, 0.0], [2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    labels = np.array([1, 0, 2, 2])
+    assert metrics.top1_accuracy(scores, labels) == 1 / 4
+    assert metrics.topk_accuracy(scores, labels, 2) == 2 / 4  # images 1 and 3
+    assert metrics.topk_accuracy(scores, labels, 3) == 2 / 4  # not the abstentions
+    np.testing.assert_array_equal(metrics.confusion_matrix(scores, labels),
+                                  [[0, 0, 0], [0, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(metrics.abstained_per_class(scores, labels), [1, 0, 1])
+    summary = metrics.summary(scores, np.zeros((4, 1)), labels, np.zeros((1, 3)))
+    assert summary["top1_accuracy"] == 0.25 and summary["abstained"] == 2
 
 
 def test_global_size_and_sparsity():
@@ -43,7 +59,9 @@ def test_unused_prototypes_and_scoring_sheet():
 
 def test_confusion_matrix_rows_true_columns_predicted():
     cm = metrics.confusion_matrix(S, Y)
-    np.testing.assert_array_equal(cm, [[1, 0], [1, 1]])  # abstaining image 3 → class 0
+    np.testing.assert_array_equal(cm, [[1, 0], [0, 1]])  # abstaining image 3 left out
+    report = metrics.classification_report(S, P, Y, W)
+    assert report["abstained_per_class"] == [0, 1] and report["abstained"] == 1
 
 
 def test_roc_auc_hand_computed():
@@ -73,3 +91,26 @@ def test_binary_metrics_hand_computed():
     assert out["auc"] == expected
     report = metrics.classification_report(scores, np.ones((4, 1)), labels, np.ones((1, 2)))
     assert report["confusion_matrix"] == [[1, 1], [1, 1]] and report["f1"] == 0.5
+
+
+def test_binary_metrics_count_an_abstention_as_wrong():
+    # labels 0, 0, 1, 1, 1; predictions 0, abstain, 1, abstain, 0.
+    scores = np.array([[2.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0], [3.0, 1.0]])
+    labels = np.array([0, 0, 1, 1, 1])
+    out = metrics.binary_metrics(scores, labels)
+    assert (out["tp"], out["fn"], out["fp"], out["tn"]) == (1, 1, 2, 1)
+    assert out["sensitivity"] == 1 / 2 and out["specificity"] == 1 / 3
+    assert out["balanced_accuracy"] == (1 / 2 + 1 / 3) / 2
+    # F1 of label 1: precision 1/1 (one image predicted 1), recall 1/3 → 2·1/(1 + 3).
+    assert out["f1"] == 0.5
+
+
+def test_the_training_accuracy_counts_an_abstention_as_wrong():
+    from tests.model_test import small_model
+
+    model = small_model(num_classes=3)
+    model.classifier.kernel.assign(np.zeros(model.classifier.kernel.shape, np.float32))
+    model.compile()
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    logs = model.evaluate(images, np.zeros(4, np.int32), verbose=0, return_dict=True)
+    assert logs["accuracy"] == 0.0  # every score is 0; argmax would say class 0 = the label

@@ -31,6 +31,15 @@ def test_no_finetune_without_pretraining():
     assert [(s.name, s.epochs) for s in plan] == [("frozen", 2), ("full", 3)]
 
 
+def test_a_loaded_checkpoint_gets_finetune_epochs_without_pretraining():
+    """Reference: finetune epochs follow pretraining *or* a loaded checkpoint
+    (--state_dict_dir_net with --epochs_pretrain=0)."""
+    plan = phases.make_plan(0, 5, 2, finetune_epochs=3, loaded=True)
+    assert [(s.name, s.first_epoch, s.epochs) for s in plan] == [
+        (phases.FINETUNE, 0, 3), (phases.FULL, 3, 2)]
+    assert phases.make_plan(0, 0, 10, loaded=True) == []
+
+
 def test_stage_lookup_and_extra_shrink_epochs():
     plan = phases.make_plan(10, 60, 10)
     assert phases.stage_at(plan, 0).name == "pretrain"
@@ -46,3 +55,23 @@ def test_stage_lookup_and_extra_shrink_epochs():
 def test_bad_epochs_raise():
     with pytest.raises(ValueError, match="epochs_pretrain"):
         phases.make_plan(-1, 5, 2)
+
+
+def test_freeze_epochs_include_the_finetune_epochs_and_the_plan_says_so():
+    plan = phases.make_plan(epochs_pretrain=2, epochs=3, freeze_epochs=1, finetune_epochs=1)
+    assert [(s.name, s.epochs) for s in plan] == [("pretrain", 2), ("finetune", 1), ("full", 2)]
+    lines = phases.describe_plan(plan)
+    assert lines[0] == "Training plan: 5 epochs"
+    assert lines[1].split()[:3] == ["epochs", "1-2", "pretrain"]
+    assert "trains classifier;" in lines[2] and lines[2].split()[1] == "3-3"
+    assert "trains backbone, freeze, train, add_on, classifier" in lines[3]
+    (warning,) = phases.plan_warnings(2, 3, 1, 1)
+    assert "no frozen-backbone stage" in warning and "--freeze_epochs=1+N" in warning
+    assert phases.plan_warnings(10, 60, 10, 3) == []  # the reference plan: 7 frozen epochs
+    assert "ignored without pretraining" in phases.plan_warnings(0, 5, 2, 3)[0]
+
+
+def test_a_run_without_classification_epochs_is_refused():
+    with pytest.raises(ValueError, match="--epochs=0: the scoring sheet"):
+        phases.check_classification_epochs(0)
+    phases.check_classification_epochs(1)

@@ -41,7 +41,7 @@ def test_image_size_comes_from_the_model(run_dir):
 @pytest.mark.parametrize("damage,message", [
     ("no_dir", "does not exist"),
     ("no_model", "No model.keras"),
-    ("truncated_model", "cannot be loaded as a Keras model"),
+    ("truncated_model", "damaged: not a complete .keras"),
     ("no_config", "No config.json"),
     ("bad_config", "not a valid run config"),
     ("wrong_names", "names 2 classes"),
@@ -96,3 +96,21 @@ def test_config_from_dict_round_trip():
     config = TrainConfig(dataset="cub", lr=0.01)
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert build_backbone("tiny_cnn", 32).image_size == 32
+
+
+def test_an_old_resnet50_model_loads_as_the_keras_applications_layout():
+    """Before #11, `resnet50` was the keras.applications layout; an old file naming it
+    (`backbone_name`) rebuilds `resnet50_keras`, whose layers hold its weights."""
+    from pipnet_tf.backbones.resnet import ResNetBackbone
+
+    backbone = ResNetBackbone(32, seed=2, name="resnet50")
+    old = PIPNet(keras.Model(backbone.input, backbone.output, name="resnet50"), num_classes=3)
+    old.build((None, 32, 32, 3))
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(old)))
+    config["config"]["backbone_name"] = "resnet50"
+    loaded = keras.saving.deserialize_keras_object(config)
+    assert isinstance(loaded.backbone, ResNetBackbone)
+    loaded.set_weights(old.get_weights())
+    x = images(seed=3)
+    np.testing.assert_allclose(loaded(x, training=False)["proto_features"],
+                               old(x, training=False)["proto_features"], atol=1e-6)

@@ -3,21 +3,25 @@ batch and passes the parity gate on a sparse model; a failing gate writes no mod
 import json
 import os
 import pathlib
+import re
+import stat
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
 import pytest
 
-from export.tflite import (QUANTIZATIONS, ParityError, ParityGate, export_tflite,
-                           keras_outputs, make_interpreter, write_tflite_saved_model)
+from export.tflite import (MIN_PARITY_IMAGES, QUANTIZATIONS, ParityError, ParityGate,
+                           export_tflite, keras_outputs, make_interpreter,
+                           write_tflite_saved_model)
 from pipnet_tf.model import PIPNet
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 4
 # A random model has near-ties between classes on a few % of images, which int8 flips
-# (~97% top-1 agreement here); trained models are far more decisive (runs/demo3: 100%).
+# (~97% top-1 agreement here); trained models are far more decisive (the demo run: 100%).
 # The default 98% gate is exercised on trained models by the CLI and bench/export_speed.py.
 RANDOM_MODEL_GATE = ParityGate(min_top1_agreement=0.9)
 
@@ -66,18 +70,23 @@ def smooth_images(n, seed=0):
 @pytest.fixture(scope="module")
 def setup():
     model = sparse_model()
-    return model, smooth_images(96, seed=1), smooth_images(64, seed=2)
+    return model, smooth_images(MIN_PARITY_IMAGES, seed=1), smooth_images(64, seed=2)
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
 def test_each_quantization_passes_the_gate_and_runs_with_any_batch(setup, tmp_path, quantization):
     model, heldout, calibration = setup
     out = tmp_path / f"m_{quantization}.tflite"
-    figures = export_tflite(model, out, IMAGE_SIZE, quantization, heldout,
-                            representative_images=calibration, gate=RANDOM_MODEL_GATE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures = export_tflite(model, out, IMAGE_SIZE, quantization, heldout,
+                                representative_images=calibration, gate=RANDOM_MODEL_GATE)
+    # int8 calibration used to build a tf.lite.Interpreter, which warns it is deprecated.
+    assert not [w for w in caught if "Interpreter is deprecated" in str(w.message)]
     assert out.is_file() and figures["passed"]
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["quantization"] == quantization and report["num_images"] == 96
+    assert report["quantization"] == quantization and report["num_images"] == 100
+    assert report["warnings"] == []  # 100 images: enough
     assert report["top1_agreement"] >= (0.98 if quantization in ("none", "float16") else 0.9)
     assert report["abstention_disagreement"] <= 0.01
     runner = make_interpreter(out.read_bytes()).get_signature_runner("serving_default")
@@ -88,6 +97,10 @@ def test_each_quantization_passes_the_gate_and_runs_with_any_batch(setup, tmp_pa
         assert got["presence"].shape == (batch, model.num_features)
         if quantization == "none":
             np.testing.assert_allclose(got["scores"], reference["scores"][:batch], atol=1e-4)
+    empty = runner(images=heldout[:0])  # a batch of 0 images: empty outputs
+    assert {k: v.shape for k, v in empty.items()} == {
+        "scores": (0, NUM_CLASSES), "presence": (0, model.num_features),
+        "predicted_class": (0,), "abstained": (0,)}
     big = runner(images=np.repeat(np.repeat(heldout[:2], 2, axis=1), 3, axis=2))
     assert big["scores"].shape == (2, NUM_CLASSES)
     if quantization == "none":
@@ -115,6 +128,41 @@ def test_failing_gate_raises_and_writes_no_model(setup, tmp_path):
     assert report["passed"] is False and report["failures"] and report["tflite"] is None
 
 
+def test_few_parity_images_are_counted_and_warned_about(setup, tmp_path, caplog):
+    model, heldout, _ = setup
+    out = tmp_path / "few.tflite"
+    with caplog.at_level("WARNING", logger="absl"):
+        figures = export_tflite(model, out, IMAGE_SIZE, "none", heldout[:12])
+    assert figures["num_images"] == 12 and out.is_file()
+    (warning,) = json.loads(out.with_suffix(".json").read_text())["warnings"]
+    assert "only 12 held-out images" in warning and "fewer than 100" in warning
+    logged = [r for r in caplog.records if "only 12 held-out images" in r.getMessage()]
+    assert logged and logged[0].levelname == "WARNING"
+
+
+def test_the_tflite_file_and_its_figures_get_the_umask_mode(setup, tmp_path):
+    model, heldout, _ = setup
+    out = tmp_path / "mode.tflite"
+    old = os.umask(0o022)
+    try:
+        export_tflite(model, out, IMAGE_SIZE, "none", heldout[:4])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert stat.S_IMODE(out.with_suffix(".json").stat().st_mode) == 0o644
+
+
+def test_nothing_uses_the_deprecated_tf_lite_interpreter():
+    """LiteRT (`ai_edge_litert`) everywhere: TF's own interpreter warns it is deprecated."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"tf\.lite\.Interpreter|lite\.python\.interpreter|tflite_runtime")
+    offenders = [str(path.relative_to(root)) for folder in ("pipnet_tf", "export", "trainers",
+                                                           "bench", "tests")
+                 for path in (root / folder).rglob("*.py")
+                 if path.name != "tflite_test.py" and pattern.search(path.read_text())]
+    assert offenders == []
+
+
 def test_cli_exits_non_zero_on_a_failing_gate_and_writes_figures(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -133,14 +181,15 @@ def test_cli_exits_non_zero_on_a_failing_gate_and_writes_figures(tmp_path):
 
     # A negative tolerance can never be met (a tolerance of 0 passes on exact agreement).
     bad = cli("--quantize", "none", "--tolerance=-1", "--out", str(tmp_path / "bad.tflite"))
-    assert bad.returncode != 0
+    assert bad.returncode == 1  # a failed check of the tool's own (user errors: 2)
     assert "failed the parity gate" in bad.stderr
     assert not (tmp_path / "bad.tflite").exists()
     assert json.loads((tmp_path / "bad.json").read_text())["passed"] is False
     good = cli("--quantize", "int8", "--min_top1_agreement", "0.9")
     assert good.returncode == 0, good.stderr[-3000:]
     figures = json.loads((run_dir / "tflite" / "pipnet_int8.json").read_text())
-    assert figures["passed"] and figures["num_images"] > 0 and figures["heldout_split"] == "test"
+    assert figures["passed"] and figures["num_images"] == 24 and figures["heldout_split"] == "test"
+    assert "only 24 held-out images" in good.stderr  # the built-in test split: 6 x 4
     assert (run_dir / "tflite" / "pipnet_int8.tflite").is_file()
 
 

@@ -10,8 +10,12 @@ import keras
 import numpy as np
 import pytest
 
+from export.saved_model import VERIFY_TOLERANCE
+from pipnet_tf.model import float32_copy
 from trainers.configs import PRESETS
 from trainers.experiment import run_training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Killed(Exception):
@@ -117,12 +121,24 @@ def test_strategy_choice():
         make_strategy("bogus")
 
 
-def test_mixed_bfloat16_run_exports_a_float32_graph(tiny_config, tmp_path):
+def test_mixed_bfloat16_run_exports_a_float32_graph(tiny_config, tmp_path, caplog):
     import tensorflow as tf
+    from absl import logging
 
     config = tiny_config.replace(precision="mixed_bfloat16", epochs_pretrain=0, epochs=1,
                                  freeze_epochs=1, log_dir=str(tmp_path / "bf16"))
-    results = run_training(config)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.INFO)
+    try:
+        with caplog.at_level("INFO", logger="absl"):
+            results = run_training(config)
+    finally:
+        logging.set_verbosity(verbosity)
+    # The resolved plan comes first, and the ignored --finetune_epochs is pointed out.
+    messages = [r.getMessage() for r in caplog.records]
+    plan = messages.index("Training plan: 1 epochs")
+    assert messages[plan + 1].split()[:3] == ["epochs", "1-1", "frozen"]
+    assert any("--finetune_epochs=1 is ignored without pretraining" in m for m in messages)
     assert results["precision"] == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     model = keras.saving.load_model(os.path.join(config.log_dir, "model.keras"))
@@ -136,6 +152,20 @@ def test_mixed_bfloat16_run_exports_a_float32_graph(tiny_config, tmp_path):
     assert bf16 == []
     expected = model(images.astype("float32"), training=False)["scores"].numpy()
     np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=0.05, atol=0.05)
+    # The graph is the float32 copy of the model (same weights), to the verification
+    # tolerance; before, the trainer exported the bf16 model without a check.
+    float32_scores = float32_copy(model)(images.astype("float32"), training=False)["scores"]
+    np.testing.assert_allclose(out["scores"].numpy(), float32_scores.numpy(), rtol=0,
+                               atol=VERIFY_TOLERANCE)
+    # The exporter's CLI exports and verifies the bf16-trained run (exit 0).
+    base = tmp_path / "exports"
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.saved_model", "--model", config.log_dir,
+         "--out", str(base / "pipnet" / "1")], capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (base / "pipnet" / "1" / "saved_model.pb").is_file()
+    assert 'name: "pipnet"' in (base / "models.config").read_text()
 
 
 def test_precision_resolution():

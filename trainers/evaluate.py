@@ -3,7 +3,10 @@
     python -m trainers.evaluate --model runs/demo [--ood folder:PATH | dataset:cars:DIR ...] [--no_default_ood]
 
 Writes RUN_DIR/evaluation.json and RUN_DIR/evaluation.md. For the built-in dataset its
-`ood/*` folders are evaluated by default. The model is never modified.
+`ood/*` folders are evaluated by default. The model is never modified. Unreadable files
+in OoD folders are skipped with one warning naming them. An abstention (every score
+zero) counts as a wrong prediction in top-1 and top-5. Bad input exits with status 2
+and one line on stderr (-v 1 adds the traceback).
 """
 from __future__ import annotations
 
@@ -17,16 +20,19 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, logging
 
 from pipnet_tf import metrics, ood, purity
 from pipnet_tf.data import registry
 from pipnet_tf.data.datasets import ImageSet, build_data, dataset_request, image_set_from_files
 from pipnet_tf.evaluation import collect_prototype_outputs
 from pipnet_tf.io import atomic_write_text, write_json
-from pipnet_tf.cli import exit_on_user_error
-from pipnet_tf.runs import open_run
+from pipnet_tf.cli import add_verbosity_argument, exit_on_user_error, parse_argparse
+from pipnet_tf.runs import RunDirectoryError, open_run
 
+CACHE_DIR_HELP = ("where images are converted to PNG (CMYK, EXIF-rotated, ...) and the "
+                  "built-in dataset is generated; default: the run's (config.json "
+                  "cache_dir, relative to the current directory)")
 EVALUATION_FILE = "evaluation.json"
 SUMMARY_FILE = "evaluation.md"
 
@@ -69,24 +75,31 @@ def ood_images(spec: str, config, image_size: int) -> tuple[str, str, ImageSet]:
         return source.name, source.origin, image_set_from_files(
             files, image_size, config.cache_dir, f"OoD '{source.name}' images")
     name, path = ood.parse_source(spec)
-    return name, path, image_set_from_files(ood.list_images(path), image_size,
+    return name, path, image_set_from_files(ood.list_images(path, "--ood folder"), image_size,
                                             config.cache_dir, f"OoD '{name}' images")
 
 
 def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_ood: bool = True,
-                 batch_size: int = 64, verbose: int = 1, purity_k: int = purity.TOP_K) -> dict:
+                 batch_size: int = 64, verbose: int = 1, purity_k: int = purity.TOP_K,
+                 cache_dir: str | None = None) -> dict:
     """Evaluates RUN_DIR and writes evaluation.json + evaluation.md; returns the dict.
 
     Top-1 and the other classification figures are measured on the images the trainer
     tests on (`metrics.json`: bounding-box crops for CUB, under "test"); where those are
     crops, the full test images are reported as well ("test_full_images"). The OoD
     thresholds come from the same images as top-1. Purity uses the full images.
+    `cache_dir` overrides the run's cache of generated and converted images.
     """
     started = time.time()
-    run = open_run(run_dir)
+    run = open_run(run_dir, cache_dir)
     model, config = run.model, run.config
     data = build_data(config, training=False)
-    kernel = model.classifier.kernel.numpy()
+    if len(data.class_names) != model.num_classes:  # e.g. a converted model, wrong dataset
+        raise RunDirectoryError(
+            f"The model of {str(run.run_dir)!r} has {model.num_classes} classes, but its "
+            f"dataset (config.json: dataset={config.dataset!r}, {data.source.origin}) has "
+            f"{len(data.class_names)}; set the dataset it was trained on in config.json.")
+    kernel = model.enabled_kernel()  # disabled prototypes' rows are zero
     multiplier = float(model.classifier.multiplier.numpy())
     geometry = model.patch_geometry(run.image_size)
     test_out = _outputs(model, data.test, batch_size, verbose, "test")
@@ -100,6 +113,7 @@ def evaluate_run(run_dir: str | os.PathLike, ood_specs: list[str] = (), default_
         "patch_geometry": geometry.to_dict(),
         "num_classes": len(run.class_names),
         "num_prototypes": int(kernel.shape[0]),
+        "disabled_prototypes": [int(p) for p in model.disabled_prototypes],
         "test_images": "bounding-box crops" if data.policy.crop_test else "full images",
         "test": metrics.classification_report(test_out["scores"], test_out["presence"],
                                               test_out["labels"], kernel, multiplier),
@@ -149,11 +163,14 @@ def summary_markdown(result: dict) -> str:
               f"{result['num_prototypes']} prototypes, input {result['image_size']} px, latent "
               f"{result['latent_hw'][0]}x{result['latent_hw'][1]}, patch/skip "
               f"{result['patch_size_and_skip'][0]}/{result['patch_size_and_skip'][1]} px."), "",
+             *([f"Disabled prototypes (trainers.edit): {result['disabled_prototypes']}.", ""]
+               if result.get("disabled_prototypes") else []),
              f"## Test set ({result['test_images']}, as in metrics.json)", "",
              *_metric_table(t)]
     lines += ["", "Confusion matrix (rows true, columns predicted):", "", "```"]
     lines += [" ".join(f"{v:4d}" for v in row) for row in t["confusion_matrix"]]
-    lines += ["```", ""]
+    lines += ["```", "", ("Abstained images (wrong in top-1 and top-5, not in the matrix) per "
+                          f"true class: {t['abstained_per_class']}"), ""]
     if "test_full_images" in result:
         lines += ["## Test set, full images", "", *_metric_table(result["test_full_images"]), ""]
     lines += ["## Pruning", "",
@@ -201,15 +218,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         help="skip the built-in dataset's ood/* folders")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--verbose", type=int, default=1, help="progress bars: 0 off, 1 on")
-    args = parser.parse_args(argv[1:])
-    flags.FLAGS(argv[:1])  # absl's own flags (logging) keep their defaults
-    logging.set_verbosity(logging.INFO)
-    return args
+    parser.add_argument("--cache_dir", help=CACHE_DIR_HELP)
+    add_verbosity_argument(parser)
+    return parse_argparse(parser, argv)
 
 
 @exit_on_user_error("trainers.evaluate")
 def main(args: argparse.Namespace) -> None:
-    result = evaluate_run(args.model, args.ood, not args.no_default_ood, args.batch_size, args.verbose)
+    result = evaluate_run(args.model, args.ood, not args.no_default_ood, args.batch_size,
+                          args.verbose, cache_dir=args.cache_dir)
     run_dir = pathlib.Path(args.model)
     logging.info("Top-1 %.4f, global size %d. Wrote %s and %s", result["test"]["top1_accuracy"],
                  result["test"]["global_size"], run_dir / EVALUATION_FILE, run_dir / SUMMARY_FILE)

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from pipnet_tf import evaluation, metrics, phases
+from pipnet_tf import evaluation, metrics, phases, reference_checkpoint
 from pipnet_tf.backbones import build_backbone
 from pipnet_tf.config import TrainConfig
 from pipnet_tf.data.datasets import build_data
@@ -62,9 +62,11 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
+    """The run's PIPNet; with --state_dict_dir_net it holds that reference checkpoint."""
+    weights = "none" if config.state_dict_dir_net else config.weights  # overwritten anyway
     options = {"width": config.backbone_width} if config.backbone_width else {}
-    backbone = build_backbone(config.net, config.image_size, weights=config.weights,
-                              seed=config.seed, **options)
+    backbone = build_backbone(config.net, config.image_size, weights=weights, seed=config.seed,
+                              **options)
     model = PIPNet(
         backbone,
         num_classes=num_classes,
@@ -74,6 +76,8 @@ def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
         seed=config.seed,
     )
     model.build((None, config.image_size, config.image_size, 3))
+    if config.state_dict_dir_net:
+        reference_checkpoint.load_checkpoint_file(model, config.state_dict_dir_net, config.net)
     return model
 
 
@@ -84,6 +88,7 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     `extra_callbacks` are added to every `fit` call.
     """
     started = time.time()
+    phases.check_classification_epochs(config.epochs)  # before anything is written
     run_dir = pathlib.Path(config.log_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())
@@ -104,7 +109,13 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, precision: str, started: fl
     with strategy.scope():
         model = build_model(config, len(data.class_names))
     plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
-                            config.finetune_epochs)
+                            config.finetune_epochs, loaded=bool(config.state_dict_dir_net))
+    for line in phases.describe_plan(plan):
+        logging.info("%s", line)
+    for warning in phases.plan_warnings(config.epochs_pretrain, config.epochs,
+                                        config.freeze_epochs, config.finetune_epochs,
+                                        loaded=bool(config.state_dict_dir_net)):
+        logging.warning("%s", warning)
     rates = LearningRates(lr=config.lr, lr_block=config.lr_block, lr_net=config.lr_net,
                           weight_decay=config.weight_decay)
     runner = PlanRunner(

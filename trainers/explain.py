@@ -6,7 +6,9 @@
 `--images` explains every image under DIR (recursive). `--report` explains a few test
 images per class (and one per OoD folder of the built-in dataset) and includes
 RUN_DIR/evaluation.json when present (run trainers.evaluate first). The report opens from
-disk in any browser; it needs no server.
+disk in any browser; it needs no server. Unreadable files are skipped with one warning
+naming them; when none is usable, nothing is written. Bad input exits with status 2 and
+one line on stderr (-v 1 adds the traceback).
 """
 from __future__ import annotations
 
@@ -19,14 +21,14 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, logging
 
 from pipnet_tf import ood
 from pipnet_tf.data.datasets import TrainData, build_data, image_set_from_files
 from pipnet_tf.explain import write_explanations
-from pipnet_tf.cli import exit_on_user_error
+from pipnet_tf.cli import add_verbosity_argument, exit_on_user_error, parse_argparse
 from pipnet_tf.runs import open_run
-from trainers.evaluate import EVALUATION_FILE
+from trainers.evaluate import CACHE_DIR_HELP, EVALUATION_FILE
 
 REPORT_DIR = "report"
 
@@ -43,10 +45,11 @@ def report_images(data: TrainData, per_class: int = 2, per_ood: int = 1) -> list
 
 def explain_run(run_dir: str | os.PathLike, images: list[str] | None = None,
                 out_dir: str | os.PathLike | None = None, k: int = 10, batch_size: int = 64,
-                verbose: int = 1) -> pathlib.Path:
+                verbose: int = 1, cache_dir: str | None = None) -> pathlib.Path:
     """Writes the explanations and index.html; returns the index path. Unreadable files
-    among `images` are skipped with one warning naming them."""
-    run = open_run(run_dir)
+    among `images` are skipped with one warning naming them; with none usable, ValueError
+    is raised before anything is written. `cache_dir` overrides the run's."""
+    run = open_run(run_dir, cache_dir)
     data = build_data(run.config, training=False)
     out_dir = pathlib.Path(out_dir) if out_dir else run.run_dir / REPORT_DIR
     if images is None:
@@ -58,7 +61,7 @@ def explain_run(run_dir: str | os.PathLike, images: list[str] | None = None,
     return write_explanations(
         run.model, run.class_names, data.project, explained, out_dir, evaluation=evaluation,
         title=f"PIP-Net explanations: {run.run_dir.name} ({run.config.dataset})",
-        k=k, batch_size=batch_size, verbose=verbose)
+        k=k, batch_size=batch_size, verbose=verbose, part_names=data.part_names)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -72,18 +75,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="top-k patches per prototype")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--verbose", type=int, default=1, help="progress bars: 0 off, 1 on")
-    args = parser.parse_args(argv[1:])
+    parser.add_argument("--cache_dir", help=CACHE_DIR_HELP)
+    add_verbosity_argument(parser)
+    args = parse_argparse(parser, argv)
     if not args.images and not args.report:
         parser.error("pass --images DIR (with --out DIR) or --report")
-    flags.FLAGS(argv[:1])
-    logging.set_verbosity(logging.INFO)
     return args
 
 
 @exit_on_user_error("trainers.explain")
 def main(args: argparse.Namespace) -> None:
-    images = ood.list_images(args.images) if args.images else None
-    index = explain_run(args.model, images, args.out, args.k, args.batch_size, args.verbose)
+    images = ood.list_images(args.images, "--images folder") if args.images else None
+    index = explain_run(args.model, images, args.out, args.k, args.batch_size, args.verbose,
+                        cache_dir=args.cache_dir)
     logging.info("Explanations written; open %s", index.resolve())
 
 

@@ -6,6 +6,19 @@
 Writes to --log_dir: config.json, checkpoints/ (atomic; a killed run resumes),
 training_log.csv, tensorboard/, model.keras, metrics.json, scoring_sheet.json and
 saved_model/ (serving_default: uint8 images → scores, presence).
+
+The training plan (SPEC §3; logged at the start of every run), in epochs:
+
+    pretrain  EPOCHS_PRETRAIN                        freeze, train, add_on groups
+    finetune  F = min(FINETUNE_EPOCHS, EPOCHS)       the classifier only (0 without pretraining)
+    frozen    max(0, min(FREEZE_EPOCHS, EPOCHS) - F) all but the backbone group
+    full      EPOCHS - F - frozen                    everything
+
+--freeze_epochs counts the finetune epochs: --epochs=3 --freeze_epochs=1
+--finetune_epochs=1 has no frozen stage (1 finetune + 2 full epochs).
+
+Bad input (unknown dataset, missing files, bad flags) exits with status 2 and one line
+on stderr; -v 1 adds the traceback.
 """
 from __future__ import annotations
 
@@ -13,9 +26,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 
-from pipnet_tf.cli import exit_on_user_error  # noqa: E402
+from pipnet_tf.cli import exit_on_user_error, run_app  # noqa: E402
 from pipnet_tf.data.registry import DATASETS  # noqa: E402
 from trainers.configs import TrainConfig, resolve_recipe  # noqa: E402
 
@@ -31,10 +44,15 @@ _FIELD_FLAGS = {
     "num_features": (flags.DEFINE_integer, "Prototypes D; 0 = the backbone's channels."),
     "backbone_width": (flags.DEFINE_integer, "tiny_cnn's stem channels (it has 4x as many "
                        "prototypes); 0 = its default (16)."),
-    "epochs": (flags.DEFINE_integer, "Epochs of the second (classification) phase."),
-    "epochs_pretrain": (flags.DEFINE_integer, "Epochs of prototype pretraining."),
-    "freeze_epochs": (flags.DEFINE_integer, "Phase-2 epochs with the backbone group frozen."),
-    "finetune_epochs": (flags.DEFINE_integer, "First phase-2 epochs training only the classifier."),
+    "epochs": (flags.DEFINE_integer, "Epochs of the second (classification) phase, all of "
+               "its stages together: finetune + frozen + full (>= 1)."),
+    "epochs_pretrain": (flags.DEFINE_integer, "Epochs of prototype pretraining (phase 1: "
+                        "the network without the backbone group; no classifier)."),
+    "freeze_epochs": (flags.DEFINE_integer, "The first FREEZE_EPOCHS phase-2 epochs keep the "
+                      "backbone group frozen; they INCLUDE the finetune epochs, so the "
+                      "frozen stage has freeze_epochs - finetune_epochs epochs."),
+    "finetune_epochs": (flags.DEFINE_integer, "The first phase-2 epochs train only the "
+                        "classifier (only after pretraining; counted in --freeze_epochs)."),
     "batch_size": (flags.DEFINE_integer, "Phase-2 batch size (image pairs)."),
     "batch_size_pretrain": (flags.DEFINE_integer, "Pretraining batch size (image pairs)."),
     "lr": (flags.DEFINE_float, "Scoring-sheet learning rate."),
@@ -44,9 +62,14 @@ _FIELD_FLAGS = {
     "bias": (flags.DEFINE_bool, "Non-negative bias in the scoring sheet."),
     "shrink": (flags.DEFINE_float, "Per-step shrinkage of the scoring sheet."),
     "seed": (flags.DEFINE_integer, "Random seed."),
-    "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16."),
+    "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16. auto: "
+                  "mixed_bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32. "
+                  "Exports are float32 graphs, checked against the float32 copy of the model."),
     "inter_op_threads": (flags.DEFINE_integer, "TensorFlow inter-op threads; 0 = its default."),
-    "cache_dir": (flags.DEFINE_string, "Where the built-in dataset is generated."),
+    "cache_dir": (flags.DEFINE_string, "Cache of generated and converted images: the "
+                  "built-in dataset, odd images (CMYK, EXIF-rotated, ...) converted to PNG "
+                  "(converted/) and tfds datasets unpacked to files (tfds/); relative to "
+                  "the current directory (preset: .cache/pipnet_tf)."),
     "export": (flags.DEFINE_bool, "Write the SavedModel at the end."),
     "validation_size": (flags.DEFINE_float, "Test fraction per class for a class-folder tree "
                         "without train/ and test/ subfolders."),
@@ -60,9 +83,18 @@ _FIELD_FLAGS = {
                       "the classification phases."),
     "train_box_margin": (flags.DEFINE_float, "Grow phase-2 bounding-box crops by up to this "
                          "fraction of the box per side, anew each epoch (0: exact crops)."),
+    "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
+                           "(net_pretrained, net_trained, …) to start from; with "
+                           "--epochs_pretrain=0 training continues from its prototypes."),
 }
 for _name, (_define, _help) in _FIELD_FLAGS.items():
     _define(_name, None, _help + " Default: the dataset preset's.")
+# --log_dir (the reference's name for the run directory) is absl.logging's own flag: list
+# it under this module in --help, with what it means here.
+FLAGS["log_dir"].help = ("The run directory: config.json, checkpoints/, model.keras, "
+                         "metrics.json, saved_model/, ... Rerunning with the same --log_dir "
+                         "resumes. Default: the dataset preset's (runs/DATASET).")
+flags.declare_key_flag("log_dir")
 
 
 def resolve_config() -> TrainConfig:
@@ -70,9 +102,7 @@ def resolve_config() -> TrainConfig:
     changes = {name: FLAGS[name].value for name in _FIELD_FLAGS if FLAGS[name].value is not None}
     if FLAGS.strategy is not None:
         changes["strategy"] = FLAGS.strategy
-    # --log_dir (the reference's name for the run directory) is defined by absl.logging
-    # itself; its default is empty.
-    if FLAGS.log_dir:
+    if FLAGS.log_dir:  # absl.logging's flag; its default is empty
         changes["log_dir"] = FLAGS.log_dir
     return resolve_recipe(FLAGS.dataset, changes)
 
@@ -91,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -56,3 +56,4 @@ def build_backbone(
 from pipnet_tf.backbones import tiny_cnn  # noqa: E402,F401
 from pipnet_tf.backbones import convnext  # noqa: E402,F401
 from pipnet_tf.backbones import resnet  # noqa: E402,F401
+from pipnet_tf.backbones import torchvision_resnet  # noqa: E402,F401

@@ -71,6 +71,16 @@ class Backbone(keras.Model):
             groups[group].append(layer)
         return groups
 
+    #: Regexes of PyTorch state_dict keys that `torch_weights` leaves out on purpose
+    #: (e.g. the classification head of a torchvision file).
+    torch_ignored: tuple[str, ...] = ()
+
+    def torch_weights(self) -> list:
+        """The PyTorch state_dict entry (`pipnet_tf.torch_weights.TorchWeight`) of every
+        variable, in PyTorch's order, for backbones that mirror a torchvision model."""
+        raise ValueError(f"{type(self).__name__} ({self.name!r}) has no PyTorch counterpart, "
+                         "so it cannot load PyTorch weights.")
+
     @property
     def preprocessing(self) -> keras.layers.Layer:
         """The layer that maps 0..255 RGB to the backbone's input range."""

@@ -18,6 +18,11 @@ the 18 blocks (per-sample "row" mode, only with `training=True`), LayerNorm eps 
 layer scale starts at 1e-6; random init is N(0, 0.02) for convs and dense layers.
 Inputs are 0..255 RGB; the ImageNet mean/std normalisation is the first layer.
 
+`ConvNeXtBackbone.torch_weights()` names every variable as torchvision's
+`convnext_tiny().features` does (torchvision's numerics: LayerNorm eps 1e-6 over the
+channels, exact erf GELU, layer scale (C, 1, 1) → (C,)), so torchvision's ImageNet file and
+the PIP-Net reference's checkpoints load into it.
+
 Layer groups (SPEC §3; torchvision names in brackets): "train" = the last block of stage 4
 [features.7.2]; "freeze" = the last downsampler and the rest of stage 4 [features.6–7];
 "backbone" = stem, stages 1–3 and the first two downsamplers.
@@ -35,15 +40,19 @@ from pipnet_tf.backbones.cpu_fast_ops import (
     LayerNormalizationFast,
     PointwiseDense,
 )
-from pipnet_tf.backbones.weights import ImagePreprocessing, build_with_weights
+from pipnet_tf.backbones.weights import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocessing,
+    build_with_weights,
+)
+from pipnet_tf.torch_weights import TorchWeight, layer_weights, torch_weight
 
 PREFIX = "convnext_tiny"  # keras.applications layer-name prefix
 DEPTHS = (3, 3, 9, 3)
 WIDTHS = (96, 192, 384, 768)
 DROP_PATH_RATE = 0.1
 LAYER_SCALE_INIT = 1e-6
-IMAGENET_MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
-IMAGENET_STD = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
 IMAGENET_FILE = "convnext_tiny_notop.h5"  # keras.applications' include_top=False download
 
 
@@ -196,6 +205,42 @@ class ConvNeXtBackbone(Backbone):
                 f"{PREFIX}_downsampling_layernorm_2", f"{PREFIX}_downsampling_conv_2"):
             return "freeze"
         return "backbone"
+
+    #: torchvision's classification head (final LayerNorm2d and Linear), not part of the
+    #: feature extractor.
+    torch_ignored = (r"classifier\..*",)
+
+    def torch_weights(self) -> list[TorchWeight]:
+        """torchvision `convnext_tiny().features` state_dict entries, in its order:
+        `features.0` stem (conv, LayerNorm2d), `features.{1,3,5,7}.j` blocks
+        (layer_scale, block.0 depthwise conv, block.2 LayerNorm, block.3/5 Linear),
+        `features.{2,4,6}` downsamplers (LayerNorm2d, 2x2 conv)."""
+        get = self.get_layer
+        entries = (layer_weights("features.0.0", get(f"{PREFIX}_stem_conv"), "conv")
+                   + layer_weights("features.0.1", get(f"{PREFIX}_stem_layernorm"), "channel"))
+        for stage, depth in enumerate(DEPTHS):
+            if stage:
+                down = f"features.{2 * stage}"
+                entries += layer_weights(f"{down}.0", get(
+                    f"{PREFIX}_downsampling_layernorm_{stage - 1}"), "channel")
+                entries += layer_weights(f"{down}.1", get(
+                    f"{PREFIX}_downsampling_conv_{stage - 1}"), "conv")
+            for j in range(depth):
+                torch_name, name = f"features.{2 * stage + 1}.{j}", f"{PREFIX}_stage_{stage}_block_{j}"
+                gamma = get(f"{name}_layer_scale").gamma
+                entries.append(torch_weight(f"{torch_name}.layer_scale", gamma, "channel",
+                                            (int(gamma.shape[0]), 1, 1)))
+                depthwise = get(f"{name}_depthwise_conv")  # Conv2D(groups=C) when not depthwise
+                entries += layer_weights(f"{torch_name}.block.0", depthwise, "depthwise" if
+                                         isinstance(depthwise, keras.layers.DepthwiseConv2D)
+                                         else "conv")
+                entries += layer_weights(f"{torch_name}.block.2", get(f"{name}_layernorm"),
+                                         "channel")
+                entries += layer_weights(f"{torch_name}.block.3", get(f"{name}_pointwise_conv_1"),
+                                         "linear")
+                entries += layer_weights(f"{torch_name}.block.5", get(f"{name}_pointwise_conv_2"),
+                                         "linear")
+        return entries
 
     def get_config(self) -> dict:
         config = super().get_config()

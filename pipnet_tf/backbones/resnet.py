@@ -1,6 +1,9 @@
-"""ResNet-50/101/152 backbones with a 28x28x2048 latent grid at 224 px (SPEC §1).
+"""keras.applications-layout ResNet-50/101/152 backbones with a 28x28x2048 latent grid at
+224 px, registered as `resnet50_keras`, `resnet101_keras`, `resnet152_keras`.
 
-`keras.applications.ResNet50/101/152` (ResNet v1, bias in every conv, BN eps 1.001e-5)
+The reference's architecture (torchvision layout; `resnet50`, `resnet50_inat`, `resnet101`,
+`resnet152`) is `torchvision_resnet.py`. These variants exist for keras.applications'
+downloadable ImageNet weights, whose graph differs: `keras.applications.ResNet50/101/152` (ResNet v1, bias in every conv, BN eps 1.001e-5)
 rebuilt layer by layer with the same layer names, so their weights load by name
 (`weights.copy_weights_by_name`), and with the first blocks of conv4 and conv5
 (torchvision `layer3`, `layer4`) at stride 1, so the output is conv5's last block,
@@ -10,13 +13,12 @@ keras.applications weights (RGB → BGR, minus the ImageNet BGR mean) is the fir
 Differences from the reference's torchvision-style `ResNet_features` (documented in
 BUILD_NOTES.md): keras.applications' ResNet v1 puts conv3's stride on the first 1x1 conv
 (torchvision: on the 3x3 conv) and has conv biases; these go with its weights.
-BatchNorm momentum is 0.9 (= PyTorch's 0.1); random init is He-normal (fan_out), as the
-reference.
+So this graph cannot hold the reference's weights. BatchNorm momentum is 0.9 (= PyTorch's
+0.1); random init is He-normal (fan_out), as the reference.
 
 Layer groups (SPEC §3; torchvision names in brackets): "train" = conv5_block3 [layer4.2];
 "freeze" = conv4 and the rest of conv5 [layer3–4]; "backbone" = conv3 [layer2];
 "never" = conv1 and conv2 [conv1, bn1, layer1], never trained.
-`resnet50_inat` is ResNet-50 whose weights must come from a file.
 """
 from __future__ import annotations
 
@@ -122,31 +124,26 @@ def resnet_group(name: str) -> str:
     raise ValueError(f"ResNet layer {name!r} belongs to no group.")
 
 
-def _builder(name: str, variant: str, imagenet: bool):
+def _builder(name: str, variant: str):
     blocks, app_name, imagenet_file = VARIANTS[variant]
 
     def reference(weights=None, include_top=False):
         return getattr(keras.applications, app_name)(include_top=include_top, weights=weights)
 
     def build(image_size: int, weights: str | None = "imagenet", seed: int | None = None):
-        if not imagenet and str(weights).lower() == "imagenet":
-            raise ValueError(
-                f"Backbone {name!r} has no downloadable weights: pass weights=PATH "
-                f"(--weights=PATH, a file saved from keras.applications.{app_name}) "
-                f"or 'none'; received weights={weights!r}.")
         return build_with_weights(
             lambda: ResNetBackbone(image_size, blocks, seed=seed, name=name),
-            weights, reference, net=name, app_name=app_name,
-            imagenet_file=imagenet_file if imagenet else None)
+            weights, reference, net=name, app_name=app_name, imagenet_file=imagenet_file)
 
     build.__name__ = name
-    build.__doc__ = (f"`{name}`: keras.applications {app_name} with conv4/conv5 at stride 1. "
-                     "weights: " + ("'imagenet', " if imagenet else "") + "a file path or "
-                     "None/'none'.")
+    build.__doc__ = (f"`{name}`: keras.applications {app_name} (its layout) with conv4/conv5 at "
+                     "stride 1. weights: 'imagenet', a file path or None/'none'.")
     return register_backbone(name)(build)
 
 
-resnet50 = _builder("resnet50", "resnet50", imagenet=True)
-resnet50_inat = _builder("resnet50_inat", "resnet50", imagenet=False)
-resnet101 = _builder("resnet101", "resnet101", imagenet=True)
-resnet152 = _builder("resnet152", "resnet152", imagenet=True)
+resnet50_keras = _builder("resnet50_keras", "resnet50")
+resnet101_keras = _builder("resnet101_keras", "resnet101")
+resnet152_keras = _builder("resnet152_keras", "resnet152")
+# Names the pre-#11 `.keras` files of these backbones carried (`PIPNet.from_config`).
+LEGACY_NAMES = {"resnet50": "resnet50_keras", "resnet50_inat": "resnet50_keras",
+                "resnet101": "resnet101_keras", "resnet152": "resnet152_keras"}

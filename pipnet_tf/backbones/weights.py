@@ -1,4 +1,5 @@
-"""Pretrained weights for the keras.applications backbones, and their input preprocessing.
+"""Pretrained backbone weights (keras.applications files, PyTorch files), and input
+preprocessing.
 
 Our ConvNeXt and ResNet backbones are rebuilt layer by layer with the *same layer names* as
 `keras.applications` but different strides (SPEC §1) and depthwise convs. Strides do not
@@ -7,6 +8,11 @@ model first (whatever its file format: Keras's ImageNet `_notop.h5`, a legacy `.
 `.weights.h5` written by `save_weights`) and then copied by layer name
 (`copy_weights_by_name`). The input preprocessing that belongs to those weights is a layer
 of the backbone (`ImagePreprocessing`), so every backbone takes 0..255 RGB.
+
+A backbone that lists the PyTorch name of each of its variables (`Backbone.torch_weights`:
+ConvNeXt, the torchvision-layout ResNets) also loads a `torch.save` file of the torchvision
+model (`load_torch_weights`, read without PyTorch by `pipnet_tf.torch_checkpoint`), such
+as torchvision's ImageNet files, which the PIP-Net reference starts from.
 """
 from __future__ import annotations
 
@@ -17,8 +23,14 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
+from pipnet_tf.torch_checkpoint import is_torch_file, read_state_dict
+from pipnet_tf.torch_weights import assign_torch_weights
+
 # keras.applications caches downloaded weights in $KERAS_HOME/models (default ~/.keras).
 CACHE_SUBDIR = "models"
+# torchvision's ImageNet normalisation (after ToTensor's /255), on 0..255 inputs.
+IMAGENET_MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
@@ -188,6 +200,23 @@ def load_into(target: keras.Model, source: keras.Model | str, net: str) -> None:
                          "tried " + "; ".join(tried)) from error
 
 
+def load_torch_weights(model: keras.Model, path: str | os.PathLike, net: str) -> int:
+    """Fills backbone `model` from a `torch.save` file of the torchvision model it mirrors
+    (keys as `model.torch_weights()` names them, an optional `module.` prefix; the keys
+    of `model.torch_ignored`, such as the classifier head, are skipped). Returns the
+    number of variables filled.
+
+    Raises:
+        TorchCheckpointError: unreadable file, or missing/unexpected keys or wrong shapes
+            (all listed in one message).
+    """
+    state_dict = read_state_dict(path)
+    return assign_torch_weights(model.torch_weights(), state_dict,
+                                ignore=getattr(model, "torch_ignored", ()),
+                                where=f"PyTorch weights file {os.fspath(path)!r} for backbone "
+                                      f"{net!r}")
+
+
 def build_with_weights(
     make_model: Callable[[], keras.Model],
     weights: str | None,
@@ -198,7 +227,12 @@ def build_with_weights(
     imagenet_file: str | None,
 ) -> keras.Model:
     """`make_model()` with `weights` loaded: resolves them first (fails fast, before the
-    model is built), then copies them in; random init for None/"none"."""
+    model is built), then copies them in; random init for None/"none". A PyTorch file
+    (`torch.save`) is loaded by PyTorch names (`load_torch_weights`)."""
+    if not is_random_init(weights) and os.path.isfile(str(weights)) and is_torch_file(weights):
+        model = make_model()
+        load_torch_weights(model, weights, net)
+        return model
     source = None
     if not is_random_init(weights):
         source = pretrained_source(weights, reference, net=net, app_name=app_name,
@@ -207,6 +241,30 @@ def build_with_weights(
     if source is not None:
         load_into(model, source, net)
     return model
+
+
+def cached_download(file_name: str, origin: str, net: str) -> str:
+    """`$KERAS_HOME/models/file_name`, downloaded from `origin` unless it is there.
+
+    Raises:
+        FileNotFoundError: not cached and the download failed (offline); the message says
+            where to place the file.
+    """
+    cached = os.path.join(keras_cache_dir(), file_name)
+    if os.path.isfile(cached):
+        return cached
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # fail fast offline instead of hanging in the download
+    try:
+        return keras.utils.get_file(file_name, origin, cache_subdir=CACHE_SUBDIR)
+    except Exception as error:  # keras raises a bare Exception ("URL fetch failure ...")
+        raise FileNotFoundError(
+            f"Could not get the ImageNet weights of backbone {net!r}: {file_name!r} is not in "
+            f"the Keras cache and downloading it from {origin} failed ({error}). Place that "
+            f"file at {cached}, or pass weights=PATH (--weights=PATH) with a torch.save file "
+            f"of the torchvision model, or weights='none' (random init).") from error
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
 
 
 def _imagenet_reference(reference, net: str, app_name: str, file_name: str) -> keras.Model:

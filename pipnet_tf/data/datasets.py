@@ -42,6 +42,9 @@ class ImageSet:
         boxes: float32 (N, 4) crop boxes y0, x0, y1, x1 as fractions, or None.
         part_locs: float32 (N, P, 3) x, y, visible in model-input pixels (P = 0 without
             part annotations; parts outside the crop are not visible).
+        object_boxes: float32 (N, 4) the dataset's object bounding boxes as x_min, y_min,
+            x_max, y_max in model-input pixels (clipped to the crop), NaN rows where an
+            image has none; None when not known.
     """
 
     paths: list[str]
@@ -52,6 +55,7 @@ class ImageSet:
     image_size: int
     cache: bool = False
     _datasets: dict = dataclasses.field(default_factory=dict, repr=False)
+    object_boxes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,7 +65,9 @@ class ImageSet:
         index = np.asarray(index, np.int64)
         return ImageSet([self.paths[i] for i in index], [self.originals[i] for i in index],
                         self.labels[index], None if self.boxes is None else self.boxes[index],
-                        self.part_locs[index], self.image_size)
+                        self.part_locs[index], self.image_size,
+                        object_boxes=None if self.object_boxes is None
+                        else self.object_boxes[index])
 
     def dataset(self, batch_size: int = 64) -> tf.data.Dataset:
         """(image (B, S, S, 3) float32 0..255, label (B,)) batches in order; one pipeline
@@ -138,8 +144,9 @@ def _image_set(records: ImageRecords, sizes: np.ndarray, originals: list[str], c
     boxes = (geometry.normalized_boxes(geometry.crop_boxes(bboxes, sizes), sizes)
              if crop else None)
     part_locs = geometry.map_part_locs(records.part_locs, sizes, image_size, bboxes)
+    object_boxes = geometry.map_boxes(records.bboxes, sizes, image_size, bboxes)
     return ImageSet(list(records.paths), originals, records.labels, boxes, part_locs,
-                    image_size, cache)
+                    image_size, cache, object_boxes=object_boxes)
 
 
 def unlabeled_images(spec: str) -> list[str]:

@@ -95,3 +95,38 @@ def map_part_locs(part_locs: np.ndarray, sizes: np.ndarray, out_size: int,
     out[..., :2] = xy * (out_size / extent)
     out[..., 2] = np.where(inside, part_locs[..., 2], 0.0)
     return out.astype(np.float32)
+
+
+def map_boxes(bboxes: np.ndarray, sizes: np.ndarray, out_size: int,
+              crop: np.ndarray | None = None) -> np.ndarray:
+    """Object bounding boxes in the `(out_size, out_size)` network input: crop, then resize
+    (the same mapping as `map_part_locs`).
+
+    Args:
+        bboxes: float `(N, 4)` x, y, width, height in original pixels; NaN rows: no box.
+        sizes: int `(N, 2)` original (width, height).
+        out_size: side of the square resize.
+        crop: optional float `(N, 4)` x, y, w, h crop boxes (NaN rows: no crop).
+
+    Returns:
+        float32 `(N, 4)` x_min, y_min, x_max, y_max in output pixels, clipped to the crop;
+        NaN rows where there is no box or it lies outside the crop.
+
+    Example:
+        >>> map_boxes(np.array([[60.0, 30.0, 40.0, 20.0]]), [[200, 100]], 10)
+        array([[3., 3., 5., 5.]], dtype=float32)
+    """
+    bboxes = np.asarray(bboxes, np.float64)
+    if out_size <= 0:
+        raise ValueError(f"out_size must be positive, got {out_size!r}")
+    sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
+    _check_n("bboxes", bboxes, len(sizes), (4,))
+    frame = crop_boxes(crop, sizes).astype(np.float64)  # x0, y0, x1, y1 of the crop
+    origin, extent = frame[:, :2], np.maximum(frame[:, 2:] - frame[:, :2], 1.0)
+    lo = np.clip(bboxes[:, :2] - origin, 0.0, extent)
+    hi = np.clip(bboxes[:, :2] + bboxes[:, 2:] - origin, 0.0, extent)
+    scale = out_size / extent
+    out = np.concatenate([lo * scale, hi * scale], axis=1)
+    empty = ~np.all(np.isfinite(bboxes), axis=1) | np.any(hi <= lo, axis=1)
+    out[empty] = np.nan
+    return out.astype(np.float32)

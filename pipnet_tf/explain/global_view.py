@@ -18,14 +18,17 @@ MIN_PRESENCE = 0.1
 
 
 def prototype_topk(outputs: dict, kernel: np.ndarray, geometry: PatchGeometry,
-                   k: int = TOP_K) -> dict[int, list[dict]]:
-    """For every relevant prototype (a class weight > `metrics.NONZERO`) with a top-k
-    presence > 0.1: its k best training images [{"image": index, "presence": p,
-    "box": (h_min, h_max, w_min, w_max)}], best first. `outputs` from
-    `collect_prototype_outputs` (thresholded presence, locations)."""
+                   k: int = TOP_K, prototypes: Sequence[int] | None = None
+                   ) -> dict[int, list[dict]]:
+    """For every relevant prototype (a class weight > `metrics.NONZERO`; or each of
+    `prototypes`) with a top-k presence > 0.1: its k best training images [{"image":
+    index, "presence": p, "box": (h_min, h_max, w_min, w_max)}], best first. `outputs`
+    holds (N, D) thresholded "presence" and "locations" (`collect_prototype_outputs`)."""
     presence, locations = outputs["presence"], outputs["locations"]
+    if prototypes is None:
+        prototypes = metrics.relevant_prototypes(kernel)
     result = {}
-    for p in metrics.relevant_prototypes(kernel):
+    for p in prototypes:
         top = np.argsort(-presence[:, p], kind="stable")[:k]
         if not np.any(presence[top, p] > MIN_PRESENCE):
             continue
@@ -35,25 +38,29 @@ def prototype_topk(outputs: dict, kernel: np.ndarray, geometry: PatchGeometry,
 
 
 def render_prototype_grid(prototype: int, patches: Sequence[Image.Image], presences: Sequence[float],
-                          class_weights: Sequence[tuple[str, float]], tile: int = 80) -> Image.Image:
-    """One row: a label panel ("Prototype 12", its class weights) then the k patches, each
-    enlarged to `tile` px with its presence underneath."""
+                          class_weights: Sequence[tuple[str, float]], tile: int = 80,
+                          notes: Sequence[str] = (), disabled: bool = False) -> Image.Image:
+    """One row: a label panel ("Prototype 12", its class weights, `notes`) then the k
+    patches, each enlarged to `tile` px with its presence underneath. A `disabled`
+    prototype is drawn greyed out and titled so."""
     title, small = render.font(16, bold=True), render.font(12)
     label_w, pad, caption = 240, 6, 16
     width = label_w + len(patches) * (tile + pad) + pad
     lines = [f"{render.ellipsize(name, small, label_w - 60)}  w={w:.2f}" for name, w in class_weights[:4]]
     if len(class_weights) > 4:
         lines.append(f"+{len(class_weights) - 4} more classes")
+    lines += [render.ellipsize(note, small, label_w - 2 * pad) for note in notes]
     height = max(tile + caption + 2 * pad, 30 + 15 * len(lines) + pad)
     image, draw = render.canvas(width, height)
-    draw.text((pad, pad), f"Prototype {prototype}", font=title, fill=render.TEXT)
+    draw.text((pad, pad), f"Prototype {prototype}" + (" (disabled)" if disabled else ""),
+              font=title, fill=render.MUTED if disabled else render.TEXT)
     for j, line in enumerate(lines):
         draw.text((pad, 30 + 15 * j), line, font=small, fill=render.MUTED)
     for j, (patch, score) in enumerate(zip(patches, presences)):
         x = label_w + j * (tile + pad)
-        image.paste(render.resize(patch, tile), (x, pad))
-        draw.text((x + tile // 2, pad + tile + 2), f"{score:.2f}", font=small, fill=render.TEXT,
-                  anchor="mt")
+        image.paste(render.resize(render.greyed(patch) if disabled else patch, tile), (x, pad))
+        draw.text((x + tile // 2, pad + tile + 2), f"{score:.2f}", font=small,
+                  fill=render.MUTED if disabled else render.TEXT, anchor="mt")
     return image
 
 

@@ -46,6 +46,13 @@ def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image:
     return to_pil(np.asarray(image)[h_min:h_max, w_min:w_max])
 
 
+def greyed(image: Image.Image, fade: float = 0.55) -> Image.Image:
+    """`image` in grey, faded towards white by `fade` (0: plain grey, 1: white); used for
+    disabled prototypes."""
+    grey = image.convert("L").convert("RGB")
+    return Image.blend(grey, Image.new("RGB", grey.size, BACKGROUND), fade)
+
+
 def with_box(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> Image.Image:
     """The image enlarged to `size` px with the patch outlined (yellow on black)."""
     pil = resize(to_pil(image), size)

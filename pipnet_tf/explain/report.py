@@ -16,6 +16,8 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:
 text-align:left}th{background:#f2f2f2}
 img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 .proto{margin:6px 0}.muted{color:#777}nav a{margin-right:14px}
+.disabled,.disabled td{color:#999}.proto.disabled img{opacity:.6;filter:grayscale(1)}
+.flag{color:#b02020;font-weight:bold}
 """
 
 
@@ -63,10 +65,40 @@ def _evaluation_html(evaluation: dict) -> str:
     return "\n".join(parts)
 
 
+def _audit_html(audit: Sequence[dict]) -> str:
+    """The prototype audit table (rows in report order), linking to the pictures."""
+    with_purity = any(row["purity"] is not None for row in audit)
+    head = ["prototype", "status", "classes (weight)"]
+    head += ["purity (part)"] if with_purity else []
+    head += ["background patches"]
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    lines = [f"<table><tr>{cells}</tr>"]
+    for row in audit:
+        p = row["prototype"]
+        values = [f'<a href="#p{p}">P{p}</a>', "disabled" if row["disabled"] else "enabled",
+                  html.escape(", ".join(f"{name} ({w:.2f})" for name, w in row["classes"]))]
+        if with_purity:
+            values.append("–" if row["purity"] is None else
+                          f"{row['purity']:.2f} ({html.escape(row['part'] or 'no part')})")
+        background = (f"{row['background_patches']}/{row['patches_with_box']}"
+                      if row["patches_with_box"] else "–")
+        if row["mostly_background"]:
+            background = f'<span class="flag">{background} mostly background</span>'
+        values.append(background)
+        css = ' class="disabled"' if row["disabled"] else ""
+        lines.append(f"<tr{css}>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>")
+    return "".join(lines) + "</table>"
+
+
 def write_report(out_dir: str | pathlib.Path, title: str, evaluation: dict | None,
                  scoring_sheet_png: str | None, scoring_sheet: dict[str, list],
-                 prototype_pngs: dict[int, str], local_pngs: Sequence[tuple[str, str]]) -> pathlib.Path:
-    """Writes `out_dir/index.html`; all paths are relative to `out_dir`. Returns its path."""
+                 prototype_pngs: dict[int, str], local_pngs: Sequence[tuple[str, str]],
+                 audit: Sequence[dict] = ()) -> pathlib.Path:
+    """Writes `out_dir/index.html`; all paths are relative to `out_dir`. Returns its path.
+
+    `audit` (`pipnet_tf.explain.audit.prototype_audit`) adds the prototype table and sets
+    the order of the prototype pictures; disabled prototypes are shown greyed.
+    """
     out_dir = pathlib.Path(out_dir)
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>",
@@ -82,11 +114,28 @@ def write_report(out_dir: str | pathlib.Path, title: str, evaluation: dict | Non
         body.append(f'<img src="{esc(scoring_sheet_png)}" alt="scoring sheet">')
     rows = [(name, ", ".join(f"P{p} ({w:.2f})" for p, w in entries)) for name, entries in scoring_sheet.items()]
     body.append(_table(["class", "prototypes (weight)"], rows))
-    body.append(f'<h2 id="prototypes">Prototypes ({len(prototype_pngs)} relevant)</h2>')
+    disabled = {row["prototype"] for row in audit if row["disabled"]}
+    body.append(f'<h2 id="prototypes">Prototypes ({len(prototype_pngs) - len(disabled)} '
+                f'relevant{f", {len(disabled)} disabled" if disabled else ""})</h2>')
     body.append('<p class="muted">Each row: the prototype\'s top training-image patches, '
                 'with their presence scores.</p>')
-    for p, png in sorted(prototype_pngs.items()):
-        body.append(f'<div class="proto" id="p{p}"><img src="{esc(png)}" alt="prototype {p}"></div>')
+    order = [row["prototype"] for row in audit if row["prototype"] in prototype_pngs]
+    order += sorted(set(prototype_pngs) - set(order))
+    if audit:
+        sorted_by = ("sorted by part purity, least pure first"
+                     if any(row["purity"] is not None for row in audit) else "sorted by id")
+        body.append(
+            f'<p class="muted">Finding prototypes to disable ({sorted_by}): a prototype is '
+            'flagged <span class="flag">mostly background</span> when more than half of '
+            'its top patches have their centre outside the object\'s bounding box. '
+            'Disabled prototypes (greyed) add nothing to any score; '
+            '<code>python -m trainers.edit --model RUN --disable P,… --out RUN2</code> '
+            'disables more.</p>')
+        body.append(_audit_html(audit))
+    for p in order:
+        css = "proto disabled" if p in disabled else "proto"
+        body.append(f'<div class="{css}" id="p{p}"><img src="{esc(prototype_pngs[p])}" '
+                    f'alt="prototype {p}"></div>')
     body.append(f'<h2 id="local">Local explanations ({len(local_pngs)} images)</h2>')
     for name, png in local_pngs:
         body.append(f'<h3>{esc(name)}</h3><img src="{esc(png)}" alt="explanation of {esc(name)}">')
