@@ -61,6 +61,8 @@ _FIELD_FLAGS = {
     "weight_decay": (flags.DEFINE_float, "AdamW weight decay of the network."),
     "bias": (flags.DEFINE_bool, "Non-negative bias in the scoring sheet."),
     "shrink": (flags.DEFINE_float, "Per-step shrinkage of the scoring sheet."),
+    "shrink_per_epoch": (flags.DEFINE_float, "> 0: the per-step shrinkage is this divided by "
+                         "the phase-2 steps per epoch (overrides --shrink)."),
     "seed": (flags.DEFINE_integer, "Random seed."),
     "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16. auto: "
                   "mixed_bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32. "
