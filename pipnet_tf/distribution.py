@@ -21,7 +21,10 @@ from collections.abc import Iterator
 import tensorflow as tf
 from absl import logging
 
+from pipnet_tf.io import partial_path, remove_stale_partials
+
 TF_CONFIG = "TF_CONFIG"
+WORKER_TEMP = "pipnet_worker"  # non-chief workers write to $TMPDIR/.pipnet_worker.partial-…
 
 
 def check_tf_config() -> dict:
@@ -74,11 +77,15 @@ def task_name(strategy: tf.distribute.Strategy) -> str:
 def worker_directory(run_dir: str | os.PathLike,
                      strategy: tf.distribute.Strategy) -> Iterator[pathlib.Path]:
     """`run_dir` on the chief; on the other workers a temporary directory, removed
-    when the block ends (normally or not)."""
+    when the block ends (normally or not). Those left by killed workers on this host are
+    removed when the next one starts."""
     if is_chief(strategy):
         yield pathlib.Path(run_dir)
         return
-    temp = pathlib.Path(tempfile.mkdtemp(prefix=f"pipnet_{task_name(strategy)}_"))
+    name = pathlib.Path(tempfile.gettempdir()) / WORKER_TEMP
+    remove_stale_partials(name)
+    temp = partial_path(name)
+    temp.mkdir()
     logging.info("Not the chief (%s): writing checkpoints and logs to %s (removed at the "
                  "end)", task_name(strategy), temp)
     try:

@@ -18,7 +18,13 @@ import tensorflow as tf
 from PIL import Image
 
 from tests import multi_worker_helper as helper
-from tests.resume_test import finish, start, tiny_config, wait_for
+from tests.resume_test import (  # noqa: F401 - the fixture kills leftover processes
+    _no_process_outlives_its_test,
+    finish,
+    start,
+    tiny_config,
+    wait_for,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 240
@@ -67,7 +73,8 @@ def test_two_workers_shard_the_epoch_and_step_like_one_process(image_dir):
         except subprocess.TimeoutExpired:
             for p in procs:
                 p.kill()
-            pytest.fail("a worker hung")
+                p.communicate()
+            pytest.fail(f"a worker hung for {TIMEOUT} s")
         assert proc.returncode == 0, "\n".join(l[:300] for l in err.splitlines()[-60:])
         results.append(json.loads(next(line[len("RESULT"):] for line in out.splitlines()
                                         if line.startswith("RESULT"))))
@@ -94,7 +101,9 @@ def test_two_workers_shard_the_epoch_and_step_like_one_process(image_dir):
 def test_killed_worker_restarted_job_resumes_and_writes_one_run_directory(tmp_path):
     temp = tmp_path / "worker_tmp"
     temp.mkdir()
-    config = tiny_config(tmp_path, "run", strategy="multi_worker", checkpoint_every_steps=1)
+    # One stage (2 epochs of 4 batches, everything trains): one trace per process.
+    config = tiny_config(tmp_path, "run", strategy="multi_worker", checkpoint_every_steps=1,
+                         epochs_pretrain=0, epochs=2)
     checkpoints = pathlib.Path(config.log_dir) / "checkpoints"
 
     def launch(configs):
@@ -107,6 +116,7 @@ def test_killed_worker_restarted_job_resumes_and_writes_one_run_directory(tmp_pa
     for proc in (chief, worker):
         proc.communicate(timeout=30)
     assert not (pathlib.Path(config.log_dir) / "metrics.json").exists()
+    assert [p for p in temp.iterdir() if "pipnet_worker" in p.name]  # left by the killed one
 
     # Restarted as a chief and a worker this time (the other TF_CONFIG layout).
     chief, worker = launch(tf_configs(chief=True))
@@ -114,8 +124,9 @@ def test_killed_worker_restarted_job_resumes_and_writes_one_run_directory(tmp_pa
     assert "Resumed from" in chief_log and "Resumed from" in worker_log
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run", "worker_tmp"]
-    # The worker wrote into a temporary directory of its own, removed at its end.
-    assert not [p for p in temp.iterdir() if p.name.startswith("pipnet_")]
+    # The workers wrote into temporary directories of their own: the restarted one removed
+    # its own at its end and the killed one's (its process is gone) at its start.
+    assert not [p for p in temp.iterdir() if "pipnet_worker" in p.name]
     run = pathlib.Path(config.log_dir)
     assert {"config.json", "model.keras", "metrics.json", "class_names.txt",
             "training_log.csv", "checkpoints"} <= {p.name for p in run.iterdir()}

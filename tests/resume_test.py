@@ -24,21 +24,40 @@ TIMEOUT = 240  # seconds for any one training process
 
 
 def tiny_config(root: pathlib.Path, name: str, **changes):
-    """Two epochs (pretraining, classifier-only) of 4 batches on 36 images of 32 px."""
-    return PRESETS["synthetic"].replace(
+    """Two epochs (pretraining, classifier-only) of 4 batches on 36 images of 32 px;
+    `changes` override any setting."""
+    settings = dict(
         image_size=32, epochs_pretrain=1, epochs=1, freeze_epochs=0, finetune_epochs=1,
         batch_size=8, batch_size_pretrain=8, synthetic_train_per_class=6,
         synthetic_test_per_class=3, cache_dir=str(root / "cache"), log_dir=str(root / name),
-        export=False, **changes)
+        export=False)
+    return PRESETS["synthetic"].replace(**{**settings, **changes})
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def start(config, **popen) -> subprocess.Popen:
-    """`tests.run_helper` (one `run_training` in a fresh process) for `config`."""
+    """`tests.run_helper` (one `run_training` in a fresh process) for `config`; killed at
+    the end of the test if still running (use with the `_no_process_outlives_its_test`
+    fixture, which is automatic here)."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     env.update(popen.pop("env", {}))
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "tests.run_helper", json.dumps(config.to_dict())],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    _STARTED.append(proc)
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> str:
