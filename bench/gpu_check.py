@@ -19,6 +19,7 @@ with a tiny model (tiny_cnn, 32 px, batch 8), which is how it is tested here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -90,21 +91,30 @@ def _precision() -> str:
         else "mixed_bfloat16"
 
 
-def check_train(strategy, net, size, batch, steps, classes) -> dict:
+@contextlib.contextmanager
+def _mixed_precision_model(strategy, net, size, classes):
+    """Yields (model built under `strategy` in `_precision()`, that precision); the
+    global dtype policy is float32 again afterwards."""
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     precision = _precision()
     keras.mixed_precision.set_global_policy(precision)
     try:
         with strategy.scope():
             model = _model(net, size, classes)
+        yield model, precision
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def check_train(strategy, net, size, batch, steps, classes) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    with _mixed_precision_model(strategy, net, size, classes) as (model, precision):
         _compile_full_stage(model, strategy, steps, loss_scale=precision == "mixed_float16")
         data = tf.data.Dataset.from_tensors(_batch(size, batch, classes)).repeat()
         history = model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0).history
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     losses = {k: float(v[-1]) for k, v in history.items()}
     return {"precision": precision, "replicas": strategy.num_replicas_in_sync,
             "steps": steps, "last_logs": losses,
@@ -140,14 +150,9 @@ def check_replicas(strategy, net, size, batch, classes, tolerance) -> dict:
 
 
 def check_throughput(strategy, net, size, batch, steps, classes) -> dict:
-    import keras
     import tensorflow as tf
 
-    precision = _precision()
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        with strategy.scope():
-            model = _model(net, size, classes)
+    with _mixed_precision_model(strategy, net, size, classes) as (model, precision):
         view1, view2, labels = _batch(size, batch, classes)
         images = tf.data.Dataset.from_tensors(view1).repeat()
         model.predict(images, steps=2, verbose=0)  # trace + warm up
@@ -160,8 +165,6 @@ def check_throughput(strategy, net, size, batch, steps, classes) -> dict:
         start = time.perf_counter()
         model.fit(pairs, epochs=1, steps_per_epoch=steps, verbose=0)
         train = batch * steps / (time.perf_counter() - start)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     return {"precision": precision, "batch": batch, "replicas": strategy.num_replicas_in_sync,
             "inference_img_per_s": round(infer, 2), "training_pairs_per_s": round(train, 2),
             "training_img_per_s": round(2 * train, 2), "ok": infer > 0 and train > 0}
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replicas_batch", type=int, default=16,
                         help="global batch of the 1-vs-all-replicas loss check (float32)")
     parser.add_argument("--train_steps", type=int, default=3)
-    parser.add_argument("--timing_steps", type=int, default=5)
+    parser.add_argument("--timing_steps", type=int, default=10)
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--cpu_smoke", action="store_true",

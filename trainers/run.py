@@ -52,7 +52,7 @@ _FIELD_FLAGS = {
     "checkpoint_every_steps": (flags.DEFINE_integer, "Also checkpoint every N batches "
                                "within an epoch (0: after every epoch only)."),
     "deterministic": (flags.DEFINE_bool, "Op determinism and fixed seeds: a killed and "
-                      "resumed run ends bit-identical to an uninterrupted one (slower)."),
+                      "resumed run ends bit-identical to an uninterrupted one."),
     "inter_op_threads": (flags.DEFINE_integer, "TensorFlow inter-op threads; 0 = its default."),
     "cache_dir": (flags.DEFINE_string, "Where the built-in dataset is generated."),
     "export": (flags.DEFINE_bool, "Write the SavedModel at the end."),
