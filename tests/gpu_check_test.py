@@ -1,6 +1,6 @@
-"""`bench/gpu_check.sh` runs as a user would run it: here, without a GPU, it skips the GPU
-steps with a clear message, and `--cpu_smoke` runs every GPU check's code on 2 logical CPU
-devices (the suite itself is left out: this test is part of it)."""
+"""`bench/gpu_check.sh` runs as a user would run it: here, without a GPU, the checks skip the
+GPU steps with a clear message, and `--cpu_smoke` runs every GPU check's code on 2 logical
+CPU devices (the suite itself is left out: this test is part of it)."""
 import json
 import os
 import pathlib
@@ -27,11 +27,12 @@ def test_script_is_executable():
     assert os.access(SCRIPT, os.X_OK)
 
 
-def test_without_a_gpu_the_gpu_steps_are_skipped_with_a_message(tmp_path):
+def test_without_a_gpu_the_gpu_steps_are_skipped_with_a_message(tmp_path, capsys):
+    from bench import gpu_check
+
     out = tmp_path / "report.json"
-    proc = _run("--no_tests", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "no GPU visible to TensorFlow: skipping the GPU steps" in proc.stdout
+    assert gpu_check.main(["--out", str(out)]) == 0
+    assert "no GPU visible to TensorFlow: skipping the GPU steps" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["skipped"] == "no GPU visible" and report["checks"] == {}
 
