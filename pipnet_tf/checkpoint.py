@@ -115,7 +115,8 @@ class TrainingCheckpoints:
         for path in self.directory.iterdir():
             match = _NUMBER.match(path.name)
             if match:
-                found.append((int(match.group(1)), str(self.directory / f"{PREFIX}-{match.group(1)}")))
+                number = int(match.group(1))
+                found.append((number, str(self.directory / f"{PREFIX}-{number}")))
         return sorted(found)
 
     def candidates(self) -> list[str]:
@@ -155,7 +156,8 @@ class TrainingCheckpoints:
         status.assert_existing_objects_matched().expect_partial()  # save_counter: unused
         return Progress(*(int(self._progress[key].numpy()) for key in _PROGRESS_KEYS))
 
-    def restore_latest(self, objects_for_phase: Callable[[int], dict]) -> tuple[Progress, str] | None:
+    def restore_latest(self, objects_for_phase: Callable[[int], dict]
+                       ) -> tuple[Progress, str] | None:
         """Restores the newest checkpoint that can be read, falling back to older ones
         with a warning naming each one that could not; None when there is none.
 
@@ -182,7 +184,8 @@ class TrainingCheckpoints:
                 progress = self.read_progress(path)
                 restored = self.restore(path, objects_for_phase(progress.phase))
             except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: try the previous
-                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                first_line = str(error).splitlines()[0] if str(error) else ""
+                reason = f"{type(error).__name__}: {first_line}"
                 failures.append(f"{path}: {reason}")
                 logging.warning("Checkpoint %s cannot be restored (%s); falling back to the "
                                 "previous one.", path, reason)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from pipnet_tf import losses as pipnet_losses
 from pipnet_tf.backbones import Backbone, build_backbone
 from pipnet_tf.layers import NonNegativeLinear, PrototypeActivation, PrototypePooling
+from pipnet_tf.optimization import all_finite_or_none
 from pipnet_tf.patch_geometry import REFERENCE_RULE, PatchGeometry
 
 PRESENCE_THRESHOLD = 0.1  # inference: presence below this is ignored (SPEC §1)
@@ -327,7 +328,7 @@ class PIPNet(keras.Model):
         grads = tape.gradient(loss, variables)
         applied = tf.constant(1, tf.int64)
         if scaler is not None:
-            grads, finite = _all_finite_or_none(grads)
+            grads, finite = all_finite_or_none(grads)
             applied = tf.cast(finite, tf.int64)
         offset = 0
         for optimizer, group in state.optimizer_groups:
@@ -423,20 +424,6 @@ class PIPNet(keras.Model):
             backbone = build_backbone(legacy_name, backbone.input_shape[1], weights=None)
         config["backbone"] = backbone
         return cls(**config)
-
-
-def _all_finite_or_none(grads: list) -> tuple[list, tf.Tensor]:
-    """(grads, finite): `finite` is whether every gradient on every replica is finite.
-
-    Each group's `LossScaleOptimizer` checks only its own gradients; when any is not
-    finite, every gradient is made NaN so that all of them skip the step and halve their
-    scale together (their scales stay equal, and `scale_loss` uses the first's)."""
-    ctx = tf.distribute.get_replica_context()
-    bad = tf.add_n([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
-                    for g in grads if g is not None])
-    finite = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
-    return [g if g is None else tf.where(finite, g, tf.constant(float("nan"), g.dtype))
-            for g in grads], finite
 
 
 def float32_copy(model: PIPNet) -> PIPNet:

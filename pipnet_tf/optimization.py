@@ -112,6 +112,21 @@ class FusedAdamW(keras.optimizers.AdamW):
             use_locking=False, use_nesterov=False)
 
 
+def all_finite_or_none(grads: list) -> tuple[list, tf.Tensor]:
+    """(grads, finite): `finite` is whether every gradient on every replica is finite.
+
+    For loss-scaled groups (`make_phase_optimizers(loss_scale=True)`): each group's
+    `LossScaleOptimizer` checks only its own gradients; when any is not finite, every
+    gradient is made NaN so that all of them skip the step and halve their scale together
+    (their scales stay equal, so `PIPNet.train_step` scales the loss by the first's)."""
+    ctx = tf.distribute.get_replica_context()
+    bad = tf.add_n([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                    for g in grads if g is not None])
+    finite = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+    return [g if g is None else tf.where(finite, g, tf.constant(float("nan"), g.dtype))
+            for g in grads], finite
+
+
 def _on_device_of(slot, variable) -> tf.Variable:
     """The tf.Variable of a Keras optimiser slot that lives with `variable` (under a
     `tf.distribute` strategy `update_step` sees one replica's component at a time)."""

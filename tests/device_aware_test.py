@@ -18,8 +18,13 @@ from pipnet_tf.backbones.cpu_fast_ops import (
     PointwiseDense,
     use_fast_cpu_ops,
 )
-from pipnet_tf.model import PIPNet, _all_finite_or_none
-from pipnet_tf.optimization import FusedAdamW, LearningRates, make_phase_optimizers
+from pipnet_tf.model import PIPNet
+from pipnet_tf.optimization import (
+    FusedAdamW,
+    LearningRates,
+    all_finite_or_none,
+    make_phase_optimizers,
+)
 from tests.model_test import images
 
 
@@ -132,9 +137,9 @@ def test_optimizer_choice_follows_the_switch():
 
 def test_non_finite_gradients_poison_every_group():
     grads = [tf.ones((2, 2)), tf.constant([1.0, float("inf")]), None]
-    out, finite = _all_finite_or_none(grads)
+    out, finite = all_finite_or_none(grads)
     assert not bool(finite) and np.isnan(out[0].numpy()).all() and out[2] is None
-    out, finite = _all_finite_or_none([tf.ones((2,))])
+    out, finite = all_finite_or_none([tf.ones((2,))])
     assert bool(finite) and np.array_equal(out[0].numpy(), [1.0, 1.0])
 
 

@@ -60,10 +60,11 @@ class PlanRunner:
         self.rates = rates
         self.run_dir = pathlib.Path(run_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
-        self.checkpoints = TrainingCheckpoints(self.run_dir / CHECKPOINT_DIR, keep=checkpoints_to_keep)
+        keep = checkpoints_to_keep
+        self.checkpoints = TrainingCheckpoints(self.run_dir / CHECKPOINT_DIR, keep=keep)
         restore_dir = pathlib.Path(restore_dir) if restore_dir is not None else self.run_dir
         self.restore_from = (self.checkpoints if restore_dir == self.run_dir else
-                             TrainingCheckpoints(restore_dir / CHECKPOINT_DIR, keep=checkpoints_to_keep))
+                             TrainingCheckpoints(restore_dir / CHECKPOINT_DIR, keep=keep))
         self.checkpoint_every_steps = int(checkpoint_every_steps)
         self.fused_optimizer = fused_optimizer
         self.loss_scale = loss_scale
