@@ -16,10 +16,14 @@ Example (about 15 minutes on 2 cores):
         --backbones=convnext_tiny_26,convnext_tiny_13,resnet50 --precisions=fp32,bf16 \
         --jit=off --out=bench/backbone_speed.json
 Quick subset: `--backbones=convnext_tiny_13 --precisions=bf16 --modes=infer --runs=3`.
+`--deterministic=off,on` also times each configuration with
+`tf.config.experimental.enable_op_determinism()` (the cost of `trainers.run
+--deterministic`); `--fast_cpu_ops=on,off` with the CPU fast paths and with stock Keras ops.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -45,6 +49,8 @@ def _measure(config: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    if config.get("deterministic"):
+        tf.config.experimental.enable_op_determinism()
     if config["intra"]:
         tf.config.threading.set_intra_op_parallelism_threads(config["intra"])
     if config["inter"]:
@@ -56,11 +62,14 @@ def _measure(config: dict) -> dict:
     from pipnet_tf import phases
     from pipnet_tf.backbones import build_backbone
     from pipnet_tf.model import PIPNet
+    from pipnet_tf.backbones.cpu_fast_ops import use_fast_cpu_ops
     from pipnet_tf.optimization import FusedAdamW
 
     keras.utils.set_random_seed(1)
     size, batch = config["image_size"], config["batch"]
-    backbone = build_backbone(config["backbone"], size, weights=None, seed=1)
+    fast = config.get("fast_cpu_ops", "auto")
+    backbone = build_backbone(config["backbone"], size, weights=None, seed=1, fast_cpu_ops=fast)
+    adamw = FusedAdamW if use_fast_cpu_ops(fast) else keras.optimizers.AdamW
     model = PIPNet(backbone, num_classes=200, seed=1)
     model.build((None, size, size, 3))
     rng = np.random.default_rng(0)
@@ -85,7 +94,7 @@ def _measure(config: dict) -> dict:
         for name in ("backbone", "freeze", "train", "add_on", "classifier"):
             variables = [v for layer in groups[name] for v in layer.trainable_weights]
             if variables:
-                pairs.append((FusedAdamW(1e-4, weight_decay=0.0), variables))
+                pairs.append((adamw(1e-4, weight_decay=0.0), variables))
         model.compile(optimizer_groups=pairs, loss_weights=full.loss_weights,
                       jit_compile=config["jit"])
         view2 = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
@@ -145,26 +154,29 @@ def _peak_rss_gb() -> float:
 
 def _configs(args) -> list[dict]:
     out = []
-    for backbone in args.backbones.split(","):
-        for precision in args.precisions.split(","):
-            for jit in args.jit.split(","):
-                out.append({
-                    "backbone": backbone, "precision": precision, "jit": jit == "on",
-                    "modes": args.modes.split(","), "image_size": args.image_size,
-                    "batch": args.batch, "warmup": args.warmup, "runs": args.runs,
-                    "intra": args.intra, "inter": args.inter,
-                    "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-                })
+    for backbone, precision, jit, deterministic, fast in itertools.product(
+            args.backbones.split(","), args.precisions.split(","), args.jit.split(","),
+            args.deterministic.split(","), args.fast_cpu_ops.split(",")):
+        out.append({
+            "backbone": backbone, "precision": precision, "jit": jit == "on",
+            "deterministic": deterministic == "on", "fast_cpu_ops": fast,
+            "modes": args.modes.split(","), "image_size": args.image_size,
+            "batch": args.batch, "warmup": args.warmup, "runs": args.runs,
+            "intra": args.intra, "inter": args.inter,
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        })
     return out
 
 
 def _format(results: list[dict]) -> str:
-    lines = [("| backbone | precision | XLA | infer img/s (x ref) | train pairs/s (x ref) | "
-              "train s/step | first train step s | peak RSS GB | load avg |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| backbone | precision | XLA | deterministic | fast_cpu_ops | infer img/s (x ref) "
+              "| train pairs/s (x ref) | train s/step | first train step s | peak RSS GB "
+              "| load avg |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['backbone']} | {r['precision']} | {r['jit']} | error: "
+            lines.append(f"| {r['backbone']} | {r['precision']} | {r['jit']} | "
+                         f"{r.get('deterministic')} | {r.get('fast_cpu_ops')} | error: "
                          f"{r['error'][-80:]} | | | | | |")
             continue
         ref = REFERENCE.get(r["backbone"], (None, None))
@@ -177,6 +189,7 @@ def _format(results: list[dict]) -> str:
 
         lines.append(
             f"| {r['backbone']} | {r['precision']} | {'on' if r['jit'] else 'off'} | "
+            f"{'on' if r.get('deterministic') else 'off'} | {r.get('fast_cpu_ops', 'auto')} | "
             f"{cell('infer_img_per_s', ref[0])} | {cell('train_pairs_per_s', ref[1])} | "
             f"{r.get('train_step_s', float('nan')):.1f} | {r.get('train_first_s', float('nan')):.0f}"
             f" | {r['peak_rss_gb']:.1f} | {r['loadavg_1min_start']:.1f}/{r['loadavg_1min_end']:.1f} |")
@@ -189,6 +202,9 @@ def main(argv=None) -> None:
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     parser.add_argument("--jit", default="off", help="comma list of off, on (XLA jit_compile)")
     parser.add_argument("--modes", default="infer,train", help="comma list of infer, train")
+    parser.add_argument("--deterministic", default="off",
+                        help="comma list of off, on (enable_op_determinism)")
+    parser.add_argument("--fast_cpu_ops", default="auto", help="comma list of auto, on, off")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8, help="images (inference) / pairs (train)")
     parser.add_argument("--warmup", type=int, default=1)

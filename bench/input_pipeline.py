@@ -5,8 +5,8 @@
 
 Writes `--num_images` CUB-sized JPEGs (500x375, textured) to a temporary folder, times
 `decode.prepare_images` (files/s: the one-off scan, extrapolated to CUB's 11,788 files),
-then iterates `pipeline.two_view_dataset` (parallel map, prefetch, in-memory cache unless
---nocache) and reports image pairs per second for every epoch: epoch 1 decodes JPEGs,
+then iterates `pipeline.TwoViewSource` epoch by epoch (parallel map, prefetch, in-memory
+cache unless --nocache) and reports image pairs per second for every epoch: epoch 1 decodes JPEGs,
 later epochs read the cache. Target: >= 3x the convnext_tiny_26 training step on this
 machine (about 0.7 pairs/s), i.e. >= 2.1 pairs/s.
 """
@@ -64,11 +64,11 @@ def main(argv):
               f"{int(prepared.keep.sum())} usable", flush=True)
         config = augment.AugmentConfig.for_image_size(FLAGS.image_size, FLAGS.dataset)
         labels = np.arange(len(paths)) % 10
-        ds = pipeline.two_view_dataset(prepared.paths, labels, config, FLAGS.batch_size,
-                                       seed=0, cache=FLAGS.cache)
+        source = pipeline.TwoViewSource(prepared.paths, labels, config, FLAGS.batch_size,
+                                        seed=0, cache=FLAGS.cache)
         for epoch in range(1, FLAGS.epochs + 1):
             start, pairs = time.perf_counter(), 0
-            for view1, _, _ in ds:
+            for view1, _, _ in source.epochs(epoch - 1, epoch):
                 pairs += int(view1.shape[0])
             seconds = time.perf_counter() - start
             print(f"epoch {epoch}: {pairs} pairs in {seconds:.1f} s = "

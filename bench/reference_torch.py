@@ -17,6 +17,13 @@ PyTorch is not a dependency of pipnet-tf; run this from its own virtual environm
     /tmp/tvvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy
     /tmp/tvvenv/bin/python bench/reference_torch.py --backbones=convnext_tiny_13 --modes=infer
 
+On a GPU (`--device cuda`, a CUDA build of torch) it times the same steps there, with
+`torch.cuda.synchronize()` around each so that the times include the GPU work, for a
+side-by-side comparison with `bench/gpu_check.sh`'s throughput at batch 64:
+
+    /tmp/tvvenv/bin/python bench/reference_torch.py --device cuda --batch 64 \
+        --backbones=convnext_tiny_26 --modes=train
+
 Prints one JSON line per backbone and mode.
 """
 from __future__ import annotations
@@ -57,20 +64,24 @@ def _loss(model, x1, x2, y):
     return 5.0 * align + 2.0 * tanh + 2.0 * cls
 
 
-def measure(name: str, modes: list[str], batch: int, size: int, warmup: int, runs: int) -> list:
+def measure(name: str, modes: list[str], batch: int, size: int, warmup: int, runs: int,
+            device: str = "cpu") -> list:
     import torch
 
     torch.manual_seed(1)
-    model = build(name)
-    x = torch.rand(batch, 3, size, size)
+    model = build(name).to(device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     results = []
     if "infer" in modes:
         model.eval()
         times = []
         with torch.no_grad():
             for _ in range(warmup + runs):
+                sync()
                 start = time.perf_counter()
                 model(x, inference=True)
+                sync()
                 times.append(time.perf_counter() - start)
         step = statistics.median(times[warmup:])
         results.append({"backbone": name, "mode": "infer", "batch": batch, "step_s": step,
@@ -79,14 +90,16 @@ def measure(name: str, modes: list[str], batch: int, size: int, warmup: int, run
     if "train" in modes:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-        x2 = torch.rand(batch, 3, size, size)
-        y = torch.randint(0, 200, (batch,))
+        x2 = torch.rand(batch, 3, size, size, device=device)
+        y = torch.randint(0, 200, (batch,), device=device)
         times = []
         for _ in range(warmup + runs):
+            sync()
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             _loss(model, x, x2, y).backward()
             optimizer.step()
+            sync()
             times.append(time.perf_counter() - start)
         step = statistics.median(times[warmup:])
         results.append({"backbone": name, "mode": "train", "batch": batch, "step_s": step,
@@ -103,16 +116,23 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
 
     import torch
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU "
+                     f"(built for CUDA {torch.version.cuda or 'none: install a CUDA build'}; "
+                     "check nvidia-smi)")
     torch.set_num_threads(args.threads)
     for name in args.backbones.split(","):
         for result in measure(name, args.modes.split(","), args.batch, args.image_size,
-                              args.warmup, args.runs):
-            result.update(torch=torch.__version__, threads=args.threads,
+                              args.warmup, args.runs, args.device):
+            result.update(torch=torch.__version__, threads=args.threads, device=args.device,
                           loadavg_1min=os.getloadavg()[0])
+            if args.device.startswith("cuda"):
+                result["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
             print(json.dumps(result), flush=True)
 
 

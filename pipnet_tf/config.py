@@ -40,10 +40,21 @@ class TrainConfig:
     shrink_per_epoch: float = 0.0
     seed: int = 1
     log_dir: str = "runs/pipnet"
+    # auto (Mirrored with > 1 GPU, else default) | default | mirrored | one_device |
+    # multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).
     strategy: str = "auto"
-    # "auto": mixed_bfloat16 where it is fast (a GPU, or a CPU with AVX512_BF16/AMX),
-    # float32 elsewhere; or "float32" / "mixed_bfloat16" explicitly (BUILD_NOTES: speed).
+    # "auto": mixed_bfloat16 where it is fast (a GPU that has bf16, or a CPU with
+    # AVX512_BF16/AMX), mixed_float16 with loss scaling on older GPUs, float32 elsewhere;
+    # or "float32" / "mixed_bfloat16" / "mixed_float16" explicitly (BUILD_NOTES: speed).
     precision: str = "auto"
+    # Where the CPU-specialised kernels run (cpu_fast_ops, FusedAdamW): auto = when no
+    # GPU is visible; on; off (stock Keras/TF ops). Part of the backbone's config.
+    fast_cpu_ops: str = "auto"
+    # Also checkpoint every N batches within an epoch (0: after every epoch only).
+    checkpoint_every_steps: int = 0
+    # tf.config.experimental.enable_op_determinism() with the seeds fixed: a killed and
+    # resumed run ends bit-identical to an uninterrupted one (BUILD_NOTES: its cost).
+    deterministic: bool = False
     inter_op_threads: int = 0  # 0 = TensorFlow's default; 1 is faster on 2-core CPUs
     cache_dir: str = ".cache/pipnet_tf"
     checkpoints_to_keep: int = 2

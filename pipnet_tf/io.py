@@ -28,6 +28,14 @@ def _partial_prefix(final: pathlib.Path) -> str:
     return f".{final.name}{PARTIAL}"
 
 
+def partial_path(final: str | os.PathLike) -> pathlib.Path:
+    """A new temporary sibling name of `final` (`.NAME.partial-HOST-PID-RANDOM`), which
+    `remove_stale_partials(final)` removes once this process is gone."""
+    final = pathlib.Path(final)
+    return final.parent / (f"{_partial_prefix(final)}{socket.gethostname()}-{os.getpid()}-"
+                           f"{secrets.token_hex(4)}")
+
+
 @contextlib.contextmanager
 def atomic_output(final: str | os.PathLike, directory: bool = False,
                   replace: bool = True) -> Iterator[pathlib.Path]:
@@ -44,8 +52,7 @@ def atomic_output(final: str | os.PathLike, directory: bool = False,
     if not replace and final.exists():
         raise FileExistsError(f"{str(final)!r} already exists.")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / (f"{_partial_prefix(final)}{socket.gethostname()}-{os.getpid()}-"
-                          f"{secrets.token_hex(4)}")
+    tmp = partial_path(final)
     if directory:
         tmp.mkdir()
     try:

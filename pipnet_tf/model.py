@@ -33,6 +33,7 @@ import tensorflow as tf
 from pipnet_tf import losses as pipnet_losses
 from pipnet_tf.backbones import Backbone, build_backbone
 from pipnet_tf.layers import NonNegativeLinear, PrototypeActivation, PrototypePooling
+from pipnet_tf.optimization import all_finite_or_none
 from pipnet_tf.patch_geometry import REFERENCE_RULE, PatchGeometry
 
 PRESENCE_THRESHOLD = 0.1  # inference: presence below this is ignored (SPEC §1)
@@ -46,6 +47,8 @@ class _TrainingState:
         self.optimizer_groups: list[tuple[keras.optimizers.Optimizer, list]] = []
         self.net_clock: tf.Variable | None = None
         self.updates_network = False  # does a step update anything besides the classifier?
+        # float16 training: the groups' `LossScaleOptimizer`s (they keep equal scales).
+        self.loss_scaled = False
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
@@ -267,6 +270,10 @@ class PIPNet(keras.Model):
         self._training_state.updates_network = any(
             id(v) not in classifier_ids for _, group in active for v in group
         )
+        scaled = [isinstance(opt, keras.optimizers.LossScaleOptimizer) for opt, _ in active]
+        if any(scaled) and not all(scaled):
+            raise ValueError("Either every optimizer group is a LossScaleOptimizer or none.")
+        self._training_state.loss_scaled = bool(scaled) and all(scaled)
         if loss_weights is not None:
             self.set_loss_weights(*loss_weights)
 
@@ -320,7 +327,18 @@ class PIPNet(keras.Model):
             total += weight * value
         self._trackers["loss"].update_state(total)
         self._update_prediction_trackers(labels, scores, presence)
-        return {m.name: m.result() for m in self.metrics}
+        return self._step_logs()
+
+    def _step_logs(self) -> dict:
+        """The metrics' results as a step's logs. Under MultiWorkerMirroredStrategy they
+        are 1-element vectors: Keras 3 reduces step logs across workers with
+        `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
+        (keras-team/keras#20585); every replica holds the same values (the trackers are
+        fed all-reduced sums), so that mean is the value itself."""
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def _update_prediction_trackers(self, labels, scores, presence) -> None:
         # An abstention (every score <= 0) is wrong, as in `metrics.top1_accuracy`.
@@ -333,21 +351,28 @@ class PIPNet(keras.Model):
 
     def train_step(self, data):
         view1, view2, labels = data
+        state = self._training_state
+        scaler = state.optimizer_groups[0][0] if state.loss_scaled else None
         with tf.GradientTape() as tape:
             parts = self.compute_pipnet_losses(view1, view2, labels, training=True)
             weights = tf.unstack(self.loss_weights)
             loss = sum(w * parts[name] for w, name in zip(weights, LOSS_NAMES))
-        state = self._training_state
+            if scaler is not None:
+                loss = scaler.scale_loss(loss)
         variables = [v for _, group in state.optimizer_groups for v in group]
         if not variables:
             raise ValueError("Nothing to train: compile() with optimizer_groups first.")
         grads = tape.gradient(loss, variables)
+        applied = tf.constant(1, tf.int64)
+        if scaler is not None:
+            grads, finite = all_finite_or_none(grads)
+            applied = tf.cast(finite, tf.int64)
         offset = 0
         for optimizer, group in state.optimizer_groups:
             optimizer.apply(grads[offset : offset + len(group)], group)
             offset += len(group)
         if state.updates_network and state.net_clock is not None:
-            state.net_clock.assign_add(1)
+            state.net_clock.assign_add(applied)
         both_labels = tf.concat([labels, labels], axis=0)
         outputs = parts["outputs"]
         return self._update_trackers(parts, both_labels, outputs["scores"], outputs["presence"])
@@ -364,7 +389,7 @@ class PIPNet(keras.Model):
         images, labels = data
         outputs = self(images, training=False)
         self._update_prediction_trackers(labels, outputs["scores"], outputs["presence"])
-        return {m.name: m.result() for m in self.metrics}
+        return self._step_logs()
 
     def predict_step(self, data):
         """One batch of `predict` (images, or (images, labels)): the inference outputs
@@ -397,6 +422,17 @@ class PIPNet(keras.Model):
         if labels is not None:
             result["labels"] = labels
         return result
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras 3's TF trainer builds a model symbolically at the start of `fit` by
+        reducing a whole input batch with `strategy.reduce`, which
+        MultiWorkerMirroredStrategy rejects for a tuple batch (keras-team/keras#20585).
+        PIPNet builds its variables in `build` and the trainer builds its optimisers, so
+        under that strategy there is nothing left to build: skip it."""
+        if self.built and isinstance(self.distribute_strategy,
+                                     tf.distribute.MultiWorkerMirroredStrategy):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # === Config ===
     def get_compile_config(self):

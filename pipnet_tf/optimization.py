@@ -5,6 +5,10 @@ PyTorch, Adam's bias correction counts only the steps in which the group was upd
 The network groups share one cosine schedule driven by a common step counter (the
 "net clock"), which advances only in steps that update the network, exactly like the
 reference's `CosineAnnealingLR` that is not stepped in classifier-only epochs.
+
+Each group's optimiser is `FusedAdamW` (TF's fused Adam kernel; fastest on CPU) or
+Keras's `AdamW` (`fused=False`: the stock ops, used on GPUs), optionally wrapped in
+Keras's `LossScaleOptimizer` for float16 training.
 """
 from __future__ import annotations
 
@@ -57,6 +61,11 @@ class PhaseOptimizers:
     def as_compile_args(self) -> list[tuple[keras.optimizers.Optimizer, list]]:
         return [pair for pair in self.groups.values() if pair[1]]
 
+    def active(self) -> dict[str, keras.optimizers.Optimizer]:
+        """Group name → optimiser, for the groups that have variables (what a training
+        checkpoint holds)."""
+        return {name: opt for name, (opt, variables) in self.groups.items() if variables}
+
     def build(self) -> None:
         """Creates every optimiser's slots for all its variables (frozen ones included),
         so that they can be saved and restored before the variables first train."""
@@ -64,14 +73,6 @@ class PhaseOptimizers:
             if variables and not optimizer.built:
                 optimizer.build(variables)
 
-    def variables(self) -> list:
-        """Everything to checkpoint: the clock and each optimiser's variables."""
-        out = [self.clock]
-        for name in sorted(self.groups):
-            optimizer, variables = self.groups[name]
-            if variables:
-                out.extend(optimizer.variables)
-        return out
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
@@ -111,6 +112,21 @@ class FusedAdamW(keras.optimizers.AdamW):
             use_locking=False, use_nesterov=False)
 
 
+def all_finite_or_none(grads: list) -> tuple[list, tf.Tensor]:
+    """(grads, finite): `finite` is whether every gradient on every replica is finite.
+
+    For loss-scaled groups (`make_phase_optimizers(loss_scale=True)`): each group's
+    `LossScaleOptimizer` checks only its own gradients; when any is not finite, every
+    gradient is made NaN so that all of them skip the step and halve their scale together
+    (their scales stay equal, so `PIPNet.train_step` scales the loss by the first's)."""
+    ctx = tf.distribute.get_replica_context()
+    bad = tf.add_n([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                    for g in grads if g is not None])
+    finite = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+    return [g if g is None else tf.where(finite, g, tf.constant(float("nan"), g.dtype))
+            for g in grads], finite
+
+
 def _on_device_of(slot, variable) -> tf.Variable:
     """The tf.Variable of a Keras optimiser slot that lives with `variable` (under a
     `tf.distribute` strategy `update_step` sees one replica's component at a time)."""
@@ -121,9 +137,10 @@ def _on_device_of(slot, variable) -> tf.Variable:
     return value
 
 
-def _adamw(learning_rate, weight_decay: float, name: str) -> keras.optimizers.AdamW:
+def _adamw(learning_rate, weight_decay: float, name: str, fused: bool,
+           loss_scale: bool) -> keras.optimizers.Optimizer:
     # PyTorch's AdamW defaults: betas 0.9/0.999, eps 1e-8.
-    return FusedAdamW(
+    optimizer = (FusedAdamW if fused else keras.optimizers.AdamW)(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         beta_1=0.9,
@@ -131,6 +148,9 @@ def _adamw(learning_rate, weight_decay: float, name: str) -> keras.optimizers.Ad
         epsilon=1e-8,
         name=name,
     )
+    if loss_scale:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"loss_scale_{name}")
+    return optimizer
 
 
 def make_phase_optimizers(
@@ -139,6 +159,8 @@ def make_phase_optimizers(
     rates: LearningRates,
     steps_per_epoch: int,
     epochs: int,
+    fused: bool = True,
+    loss_scale: bool = False,
 ) -> PhaseOptimizers:
     """Fresh optimisers for `phase` (1 = pretraining, 2 = classification).
 
@@ -147,6 +169,10 @@ def make_phase_optimizers(
     `steps_per_epoch·epochs` network steps. Classifier (phase 2 only): AdamW at `lr`
     with cosine warm restarts every 5 epochs (10 when epochs > 30) down to
     `classifier_min_lr`; no weight decay.
+
+    `fused`: `FusedAdamW` (True) or Keras's `AdamW`. `loss_scale`: each optimiser wrapped
+    in Keras's dynamic `LossScaleOptimizer` (float16 training; `PIPNet.train_step` makes
+    them skip or apply a step together).
     """
     if steps_per_epoch < 1 or epochs < 1:
         raise ValueError(
@@ -163,7 +189,8 @@ def make_phase_optimizers(
         )
         variables = _trainable_candidates(groups.get(group, []))
         out[group] = (
-            _adamw(ClockedSchedule(schedule, clock), rates.weight_decay, f"adamw_{group}"),
+            _adamw(ClockedSchedule(schedule, clock), rates.weight_decay, f"adamw_{group}",
+                   fused, loss_scale),
             variables,
         )
     if phase == 2:
@@ -176,7 +203,7 @@ def make_phase_optimizers(
             alpha=min(1.0, rates.classifier_min_lr / rates.lr),
         )
         out["classifier"] = (
-            _adamw(schedule, 0.0, "adamw_classifier"),
+            _adamw(schedule, 0.0, "adamw_classifier", fused, loss_scale),
             _trainable_candidates(groups.get("classifier", [])),
         )
     return PhaseOptimizers(out, clock)

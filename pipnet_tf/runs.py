@@ -25,6 +25,10 @@ CONFIG_FILE = "config.json"
 CLASS_NAMES_FILE = "class_names.txt"
 METRICS_FILE = "metrics.json"
 SCORING_SHEET_FILE = "scoring_sheet.json"
+CHECKPOINT_DIR = "checkpoints"
+# TrainConfig fields that change the model's variables or config: a run directory holding
+# a model or checkpoints is only resumed with the same values.
+ARCHITECTURE_FIELDS = ("net", "image_size", "num_features", "bias")
 
 
 class RunDirectoryError(ValueError):
@@ -113,3 +117,52 @@ def open_run(run_dir: str | os.PathLike, cache_dir: str | None = None) -> Run:
     if cache_dir:
         config = config.replace(cache_dir=str(cache_dir))
     return Run(run_dir, model, config, read_class_names(run_dir, model.num_classes), image_size)
+
+
+def _has_trained_state(run_dir: pathlib.Path) -> bool:
+    checkpoints = run_dir / CHECKPOINT_DIR
+    return (run_dir / MODEL_FILE).exists() or (
+        checkpoints.is_dir() and any(checkpoints.iterdir()))
+
+
+def check_same_architecture(run_dir: str | os.PathLike, config: TrainConfig) -> None:
+    """Refuses to resume a run with flags that change its architecture.
+
+    When `run_dir` holds a model or checkpoints, every field of `ARCHITECTURE_FIELDS` in
+    `config` must equal the run's `config.json`. Reads files only; writes nothing.
+
+    Raises:
+        RunDirectoryError: naming every differing flag with both values.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or not _has_trained_state(run_dir):
+        return
+    previous = read_config(run_dir)
+    differing = [f"--{name}={getattr(config, name)!r} (the run has "
+                 f"{getattr(previous, name)!r})" for name in ARCHITECTURE_FIELDS
+                 if getattr(config, name) != getattr(previous, name)]
+    if differing:
+        raise RunDirectoryError(
+            f"--log_dir={str(run_dir)!r} holds a run with another architecture: "
+            f"{', '.join(differing)}. Resume it with the run's values (its {CONFIG_FILE}), "
+            "or pass a new --log_dir.")
+
+
+def check_same_classes(run_dir: str | os.PathLike, class_names: list[str]) -> None:
+    """Refuses to resume a run on a dataset with other classes than its
+    `class_names.txt` (when it holds a model or checkpoints). Writes nothing.
+
+    Raises:
+        RunDirectoryError: naming the run's and the dataset's class counts.
+    """
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / CLASS_NAMES_FILE
+    if not path.is_file() or not _has_trained_state(run_dir):
+        return
+    previous = path.read_text(encoding="utf-8").splitlines()
+    if previous != list(class_names):
+        raise RunDirectoryError(
+            f"--log_dir={str(run_dir)!r} holds a run trained on {len(previous)} classes "
+            f"({str(path)!r}); --dataset/--data_dir give {len(class_names)} "
+            f"{'other ' if len(previous) == len(class_names) else ''}classes. Resume it on "
+            "its own dataset, or pass a new --log_dir.")

@@ -234,13 +234,13 @@ def _write_cub(root: pathlib.Path, n_per_class: int = 4) -> pathlib.Path:
 def test_cub_build_data_crops_phase_2_and_test_but_not_pretraining(tmp_path, monkeypatch):
     root = _write_cub(tmp_path / "data")
     configs = {}
-    real = pipeline.two_view_dataset
+    real = pipeline.TwoViewSource
 
     def spy(paths, labels, config, batch_size, seed, **kwargs):
         configs[seed] = (config, kwargs.get("boxes"))
         return real(paths, labels, config, batch_size, seed, **kwargs)
 
-    monkeypatch.setattr(datasets.pipeline, "two_view_dataset", spy)
+    monkeypatch.setattr(datasets.pipeline, "TwoViewSource", spy)
     config = PRESETS["cub"].replace(data_dir=str(root), image_size=16, batch_size=2,
                                     batch_size_pretrain=2, cache_dir=str(tmp_path / "cache"))
     data = datasets.build_data(config)
@@ -253,7 +253,7 @@ def test_cub_build_data_crops_phase_2_and_test_but_not_pretraining(tmp_path, mon
     np.testing.assert_array_equal(test_images[..., 0], 255)  # only the red box remains
     full = next(iter(data.test_full.dataset(2)))[0].numpy()
     assert full[..., 2].max() == 255  # full images keep the blue border
-    view1, _, labels = next(iter(data.train))
+    view1, _, labels = next(iter(data.train.epochs(0, 1)))
     assert view1.shape == (2, 16, 16, 3) and labels.shape == (2,)
     assert data.class_names == ["Bird_1", "Bird_2"] and data.test_full.part_locs.shape == (4, 1, 3)
     np.testing.assert_allclose(data.test_full.part_locs[0, 0], [35 * 16 / 60, 20 * 16 / 40, 1])

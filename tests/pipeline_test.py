@@ -41,7 +41,7 @@ def test_decode_image(files):
 def test_two_view_dataset_shapes_dtypes_labels(files):
     paths, labels = files
     dropping = pipeline.two_view_dataset(paths, labels, CONFIG, batch_size=4, seed=1)
-    assert int(dropping.cardinality()) == 1  # drop_remainder=True by default
+    assert len(_batches(dropping)) == 1  # drop_remainder=True by default
     ds = pipeline.two_view_dataset(paths, labels, CONFIG, 4, seed=1, drop_remainder=False)
     batches = _batches(ds)
     assert [b[2].shape for b in batches] == [(4,), (2,)]
@@ -52,23 +52,62 @@ def test_two_view_dataset_shapes_dtypes_labels(files):
     assert sorted(np.concatenate([b[2] for b in batches])) == sorted(labels)
 
 
-def test_same_seed_same_batches_and_epochs_differ(files):
-    paths, labels = files
-    make = lambda seed: pipeline.two_view_dataset(paths, labels, CONFIG, 3, seed=seed)
-    ds = make(5)
-    epoch1, epoch2 = _batches(ds), _batches(ds)
-    again = _batches(make(5))
-    for a, b in zip(epoch1, again):
+def _assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
         for x, z in zip(a, b):
             np.testing.assert_array_equal(x, z)
+
+
+def test_same_seed_same_batches_and_epochs_differ(files):
+    paths, labels = files
+    tf.random.set_seed(0)  # tf.data's shuffle seeds combine with the global seed
+    make = lambda seed: pipeline.TwoViewSource(paths, labels, CONFIG, 3, seed=seed)
+    source = make(5)
+    epoch1, epoch2 = _batches(source.epochs(0, 1)), _batches(source.epochs(1, 2))
+    _assert_same(epoch1, _batches(make(5).epochs(0, 1)))  # a new process would see the same
     assert not np.array_equal(epoch1[0][0], epoch2[0][0])
-    assert not np.array_equal(epoch1[0][0], _batches(make(6))[0][0])
+    assert not np.array_equal(epoch1[0][0], _batches(make(6).epochs(0, 1))[0][0])
+    # Several epochs in one dataset are the single epochs one after the other.
+    _assert_same(_batches(source.epochs(0, 2)), epoch1 + epoch2)
+
+
+def test_resume_skips_batches_of_the_same_epoch(files):
+    paths, labels = files
+    source = pipeline.TwoViewSource(paths, labels, CONFIG, 2, seed=1)
+    whole = _batches(source.epochs(3, 5))
+    assert source.steps_per_epoch == 3 and len(whole) == 6
+    _assert_same(_batches(source.epochs(3, 5, skip_batches=2)), whole[2:])
+    with pytest.raises(ValueError, match="skip_batches"):
+        source.epochs(3, 5, skip_batches=3)
+
+
+def test_shards_together_are_the_global_batches(files):
+    """Two input pipelines with per-replica batches of 2: their k-th batches hold the
+    images of global batch k (of 4), augmented identically, each image once."""
+    paths = files[0] * 2  # 12 images, label = index
+    source = pipeline.TwoViewSource(paths, np.arange(12), CONFIG, 4, seed=2)
+    whole = _batches(source.epochs(0, 1))
+    shards = [_batches(source.epochs(0, 1, num_shards=2, shard_index=i, batch_size=2))
+              for i in range(2)]
+    assert [len(s) for s in shards] == [3, 3]
+    for k, (view1, view2, label) in enumerate(whole):
+        parts = [shard[k] for shard in shards]
+        merged_labels = np.concatenate([part[2] for part in parts])
+        assert sorted(merged_labels) == sorted(label)
+        order = {int(y): i for i, y in enumerate(label)}
+        for part in parts:
+            for j, y in enumerate(part[2]):
+                np.testing.assert_array_equal(part[0][j], view1[order[int(y)]])
+                np.testing.assert_array_equal(part[1][j], view2[order[int(y)]])
+    with pytest.raises(ValueError, match="not divisible by the 3 input pipelines"):
+        source.epochs(0, 1, num_shards=3)
 
 
 def test_unshuffled_without_cache_keeps_order(files):
     paths, labels = files
     ds = pipeline.two_view_dataset(paths, labels, CONFIG, 2, seed=0, shuffle=False,
-                                   cache=False)
+                                   cache=False, drop_remainder=False)
     np.testing.assert_array_equal(np.concatenate([b[2] for b in _batches(ds)]), labels)
 
 
@@ -125,15 +164,14 @@ def test_box_margin_keeps_the_box_and_shows_surroundings(tmp_path):
     Image.fromarray(image).save(path)
     box = np.array([[20 / 60, 20 / 60, 40 / 60, 40 / 60]], np.float32)
     config = AugmentConfig(image_size=16, resize_size=16, crop_size=16, translate_px=0.0)
-    exact = pipeline.two_view_dataset([str(path)], np.array([0]), config, 1, seed=0,
-                                      boxes=box)
-    grown = pipeline.two_view_dataset([str(path)], np.array([0]), config, 1, seed=0,
-                                      boxes=box, box_margin=0.5)
+    exact = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box)
+    grown = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box,
+                                   box_margin=0.5)
     blue = []
-    for ds in (exact, grown):
+    for source in (exact, grown):
         fractions = []
-        for _ in range(6):  # epochs
-            v1 = next(iter(ds))[0].numpy()[0]
+        for epoch in range(6):
+            v1 = next(iter(source.epochs(epoch, epoch + 1)))[0].numpy()[0]
             fractions.append(np.mean(v1[..., 2] > 128))
         blue.append(fractions)
     assert max(blue[0]) < 0.05  # the exact crop is all red

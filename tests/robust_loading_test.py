@@ -141,7 +141,7 @@ def test_build_data_on_the_awkward_folder(cases, tmp_path, warnings_seen):
         Image.fromarray(_rgb(seed=i)).save(plain / f"{i}.png")
     data = build_data(_config(root, tmp_path))
     assert data.class_names == [CLASS, "plain"] and len(warnings_seen) == 2  # train and test
-    view1, view2, _ = next(iter(data.train))
+    view1, view2, _ = next(iter(data.train.epochs(0, 1)))
     assert view1.shape == view2.shape == (2, 16, 16, 3)
     images = np.concatenate([b[0].numpy() for b in data.project.dataset(4)])
     assert images.shape[1:] == (16, 16, 3) and np.isfinite(images).all()

@@ -48,7 +48,10 @@ def test_killed_run_resumes_and_writes_every_output(tiny_config):
     with pytest.raises(_Killed):
         run_training(tiny_config, extra_callbacks=[_KillAfterEpoch(3)])
     run_dir = tiny_config.log_dir
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[-1] in ("epoch-0003", "latest")
+    from pipnet_tf.checkpoint import Progress, TrainingCheckpoints
+
+    newest = TrainingCheckpoints(os.path.join(run_dir, "checkpoints")).candidates()[0]
+    assert TrainingCheckpoints.read_progress(newest) == Progress(2, 3, 0)  # after epoch 3
     assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
 
     results = run_training(tiny_config)

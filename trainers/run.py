@@ -3,9 +3,9 @@
     python -m trainers.run                      # built-in synthetic dataset (default)
     python -m trainers.run --dataset=cars --data_dir=...
 
-Writes to --log_dir: config.json, checkpoints/ (atomic; a killed run resumes),
-training_log.csv, tensorboard/, model.keras, metrics.json, scoring_sheet.json and
-saved_model/ (serving_default: uint8 images → scores, presence).
+Writes to --log_dir: config.json, checkpoints/ (a killed run resumes where it stopped),
+training_log.csv, tensorboard/, model.keras, metrics.json, scoring_sheet.json,
+timing.json and saved_model/ (serving_default: uint8 images → scores, presence).
 
 The training plan (SPEC §3; logged at the start of every run), in epochs:
 
@@ -35,7 +35,9 @@ from trainers.configs import TrainConfig, resolve_recipe  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "synthetic", "; ".join(
     f"{name}: {entry.description}" for name, entry in DATASETS.items()))
-flags.DEFINE_string("strategy", None, "auto (Mirrored if >1 GPU) | default | mirrored | one_device")
+flags.DEFINE_string("strategy", None, "auto (Mirrored if >1 GPU) | default | mirrored | "
+                    "one_device | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG; "
+                    "start every worker with the same flags, same --log_dir)")
 _FIELD_FLAGS = {
     "data_dir": (flags.DEFINE_string, "Where the dataset lies (raw layout or tfds data_dir)."),
     "net": (flags.DEFINE_string, "Backbone name (see pipnet_tf.backbones)."),
@@ -64,9 +66,16 @@ _FIELD_FLAGS = {
     "shrink_per_epoch": (flags.DEFINE_float, "> 0: the per-step shrinkage is this divided by "
                          "the phase-2 steps per epoch (overrides --shrink)."),
     "seed": (flags.DEFINE_integer, "Random seed."),
-    "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16. auto: "
-                  "mixed_bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32. "
-                  "Exports are float32 graphs, checked against the float32 copy of the model."),
+    "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16 | mixed_float16 "
+                  "(auto: bf16 on GPUs that have it and AVX512_BF16/AMX CPUs, float16 with "
+                  "loss scaling on older GPUs, else float32). Exports are float32 graphs, "
+                  "checked against the float32 copy of the model."),
+    "fast_cpu_ops": (flags.DEFINE_string, "auto | on | off: the CPU-specialised kernels "
+                     "(auto: when no GPU is visible; off: stock Keras/TF ops)."),
+    "checkpoint_every_steps": (flags.DEFINE_integer, "Also checkpoint every N batches "
+                               "within an epoch (0: after every epoch only)."),
+    "deterministic": (flags.DEFINE_bool, "Op determinism and fixed seeds: a killed and "
+                      "resumed run ends bit-identical to an uninterrupted one."),
     "inter_op_threads": (flags.DEFINE_integer, "TensorFlow inter-op threads; 0 = its default."),
     "cache_dir": (flags.DEFINE_string, "Cache of generated and converted images: the "
                   "built-in dataset, odd images (CMYK, EXIF-rotated, ...) converted to PNG "

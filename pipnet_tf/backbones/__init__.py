@@ -9,6 +9,7 @@ is in the file.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from pipnet_tf.backbones.backbone import GROUP_NAMES, Backbone, LayerSeeds  # noqa: F401
@@ -35,6 +36,7 @@ def available_backbones() -> list[str]:
 
 def build_backbone(
     name: str, image_size: int, weights: str | None = None, seed: int | None = None,
+    fast_cpu_ops: str = "auto",
     **options,
 ) -> Backbone:
     """Builds backbone `name` for square inputs of `image_size` pixels.
@@ -43,13 +45,23 @@ def build_backbone(
         weights: None/"none" for random init, or what the backbone accepts
             ("imagenet", a file path).
         seed: initialiser seed; every layer gets its own seed derived from it.
+        fast_cpu_ops: "auto" | "on" | "off", where the CPU-specialised kernels of
+            `cpu_fast_ops` run (ConvNeXt; tiny_cnn and ResNet have none, so for them
+            the value changes nothing).
         **options: the backbone's own settings (tiny_cnn: `width`).
     """
+    from pipnet_tf.backbones.cpu_fast_ops import check_fast_cpu_ops
+
+    check_fast_cpu_ops(fast_cpu_ops)
     if name not in _REGISTRY:
         raise ValueError(
             f"Unknown backbone (--net) {name!r}; available: {', '.join(available_backbones())}."
         )
-    return _REGISTRY[name](image_size=image_size, weights=weights, seed=seed, **options)
+    builder = _REGISTRY[name]
+    extra = {}
+    if "fast_cpu_ops" in inspect.signature(builder).parameters:
+        extra["fast_cpu_ops"] = fast_cpu_ops
+    return builder(image_size=image_size, weights=weights, seed=seed, **options, **extra)
 
 
 # Registration side effects.

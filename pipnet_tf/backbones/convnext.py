@@ -37,6 +37,7 @@ from pipnet_tf.backbones import register_backbone
 from pipnet_tf.backbones.backbone import Backbone, LayerSeeds
 from pipnet_tf.backbones.cpu_fast_ops import (
     DepthwiseConv2DFast,
+    check_fast_cpu_ops,
     LayerNormalizationFast,
     PointwiseDense,
 )
@@ -92,21 +93,26 @@ class StochasticDepth(keras.layers.Layer):
     """Drops the whole residual branch of a sample with probability `rate` ("row" mode)
     and scales kept ones by 1/(1 − rate); the identity unless `training`.
 
+    The masks come from a Keras `SeedGenerator` (a variable, saved in training
+    checkpoints), so a resumed run draws the masks the uninterrupted one would have.
     Input shape: `(batch, H, W, C)`. Output shape: the same.
     """
 
-    def __init__(self, rate: float, **kwargs):
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"`rate` must be in [0, 1), received: {rate}")
         self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x, training=None):
         if not training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
         shape = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
-        mask = tf.floor(keep + tf.random.uniform(shape, dtype="float32"))
+        mask = tf.floor(keep + keras.random.uniform(shape, dtype="float32",
+                                                    seed=self.seed_generator))
         return x * tf.cast(mask / keep, x.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -114,30 +120,31 @@ class StochasticDepth(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(rate=self.rate)
+        config.update(rate=self.rate, seed=self.seed)
         return config
 
 
-def _block(x, width: int, drop_rate: float, name: str, seeds: LayerSeeds, depthwise: bool):
+def _block(x, width: int, drop_rate: float, name: str, seeds: LayerSeeds, depthwise: bool,
+           fast: str):
     shortcut = x
     if depthwise:
         x = DepthwiseConv2DFast(
-            7, padding="same", depthwise_initializer=_normal(seeds),
+            7, padding="same", depthwise_initializer=_normal(seeds), fast_cpu_ops=fast,
             name=f"{name}_depthwise_conv")(x)
     else:  # keras.applications' original (slow on CPU); kept for equivalence tests
         x = keras.layers.Conv2D(
             width, 7, padding="same", groups=width, kernel_initializer=_normal(seeds),
             name=f"{name}_depthwise_conv",
         )(x)
-    x = LayerNormalizationFast(epsilon=1e-6, name=f"{name}_layernorm")(x)
+    x = LayerNormalizationFast(epsilon=1e-6, fast_cpu_ops=fast, name=f"{name}_layernorm")(x)
     # keras.applications has Dense, Activation("gelu"), Dense: same weights and outputs.
     x = PointwiseDense(4 * width, activation="gelu", kernel_initializer=_normal(seeds),
-                       name=f"{name}_pointwise_conv_1")(x)
-    x = PointwiseDense(width, kernel_initializer=_normal(seeds),
+                       fast_cpu_ops=fast, name=f"{name}_pointwise_conv_1")(x)
+    x = PointwiseDense(width, kernel_initializer=_normal(seeds), fast_cpu_ops=fast,
                        name=f"{name}_pointwise_conv_2")(x)
     x = LayerScale(LAYER_SCALE_INIT, width, name=f"{name}_layer_scale")(x)
     if drop_rate:
-        x = StochasticDepth(drop_rate, name=f"{name}_stochastic_depth")(x)
+        x = StochasticDepth(drop_rate, seed=seeds.next(), name=f"{name}_stochastic_depth")(x)
     return keras.layers.Add(name=f"{name}_add")([shortcut, x])
 
 
@@ -157,14 +164,18 @@ class ConvNeXtBackbone(Backbone):
         seed: initialiser seed (each layer gets its own, derived from it).
         depthwise: `DepthwiseConv2D` (True) or keras.applications' `Conv2D(groups=C)`.
         drop_path_rate: stochastic depth of the last block (linear from 0).
+        fast_cpu_ops: "auto" | "on" | "off": where the `cpu_fast_ops` kernels run
+            (auto: when no GPU is visible); the weights are the same either way.
 
     Output: (batch, H, W, 768), H = W = 26 (13) at 224 for stride_one_above 100 (300).
     """
 
     def __init__(self, image_size: int | None = 224, stride_one_above: int | None = 100,
                  seed: int | None = None, depthwise: bool = True,
-                 drop_path_rate: float = DROP_PATH_RATE, **kwargs):
+                 drop_path_rate: float = DROP_PATH_RATE, fast_cpu_ops: str = "auto",
+                 **kwargs):
         kwargs.setdefault("name", "convnext_tiny")
+        fast = check_fast_cpu_ops(fast_cpu_ops)
         # === Functional Model ===
         seeds = LayerSeeds(seed)
         inputs = keras.Input((image_size, image_size, 3), name="images")
@@ -172,7 +183,8 @@ class ConvNeXtBackbone(Backbone):
                                name=f"{PREFIX}_prestem_normalization")(inputs)
         x = keras.layers.Conv2D(WIDTHS[0], 4, strides=4, kernel_initializer=_normal(seeds),
                                 name=f"{PREFIX}_stem_conv")(x)
-        x = LayerNormalizationFast(epsilon=1e-6, name=f"{PREFIX}_stem_layernorm")(x)
+        x = LayerNormalizationFast(epsilon=1e-6, fast_cpu_ops=fast,
+                                   name=f"{PREFIX}_stem_layernorm")(x)
         drop_rates = np.linspace(0.0, drop_path_rate, sum(DEPTHS))
         block_index = 0
         for stage, (depth, width) in enumerate(zip(DEPTHS, WIDTHS)):
@@ -182,13 +194,14 @@ class ConvNeXtBackbone(Backbone):
                 stride = 1 if stride_one_above is not None and in_channels > stride_one_above \
                     else 2
                 x = LayerNormalizationFast(
-                    epsilon=1e-6, name=f"{PREFIX}_downsampling_layernorm_{i}")(x)
+                    epsilon=1e-6, fast_cpu_ops=fast,
+                    name=f"{PREFIX}_downsampling_layernorm_{i}")(x)
                 x = keras.layers.Conv2D(width, 2, strides=stride,
                                         kernel_initializer=_normal(seeds),
                                         name=f"{PREFIX}_downsampling_conv_{i}")(x)
             for j in range(depth):
                 x = _block(x, width, float(drop_rates[block_index]),
-                           f"{PREFIX}_stage_{stage}_block_{j}", seeds, depthwise)
+                           f"{PREFIX}_stage_{stage}_block_{j}", seeds, depthwise, fast)
                 block_index += 1
         super().__init__(inputs, x, **kwargs)
         # === Config ===
@@ -196,6 +209,7 @@ class ConvNeXtBackbone(Backbone):
         self.seed = seed
         self.depthwise = bool(depthwise)
         self.drop_path_rate = float(drop_path_rate)
+        self.fast_cpu_ops = fast
 
     def group_of(self, layer: keras.layers.Layer) -> str:
         last_stage = f"{PREFIX}_stage_3_"
@@ -246,7 +260,7 @@ class ConvNeXtBackbone(Backbone):
         config = super().get_config()
         config.update(image_size=self.image_size, stride_one_above=self.stride_one_above,
                       seed=self.seed, depthwise=self.depthwise,
-                      drop_path_rate=self.drop_path_rate)
+                      drop_path_rate=self.drop_path_rate, fast_cpu_ops=self.fast_cpu_ops)
         return config
 
 
@@ -258,9 +272,11 @@ def _reference(weights=None, include_top=False):
 
 
 def _builder(name: str, stride_one_above: int):
-    def build(image_size: int, weights: str | None = "imagenet", seed: int | None = None):
+    def build(image_size: int, weights: str | None = "imagenet", seed: int | None = None,
+              fast_cpu_ops: str = "auto"):
         return build_with_weights(
-            lambda: ConvNeXtBackbone(image_size, stride_one_above, seed=seed, name=name),
+            lambda: ConvNeXtBackbone(image_size, stride_one_above, seed=seed,
+                                     fast_cpu_ops=fast_cpu_ops, name=name),
             weights, _reference, net=name, app_name="ConvNeXtTiny", imagenet_file=IMAGENET_FILE)
 
     build.__name__ = name

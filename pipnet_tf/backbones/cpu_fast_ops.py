@@ -17,6 +17,13 @@ CPU kernels run fast (BUILD_NOTES "Real backbones" has the measurements).
 
 XLA-compiled pieces would tie an exported graph to XLA (TF Serving and TFLite run the
 plain ops): inside `portable_graphs()` every layer here traces plain TensorFlow ops.
+
+Where the fast paths run is each layer's `fast_cpu_ops` argument (part of its config, so
+of every backbone and `.keras` file): "on" always, "off" never (the stock Keras layer's
+ops: cuDNN kernels and TF's own gradients on a GPU), "auto" (default) when no GPU is
+visible, decided when the layer is traced, so a model trained on a CPU and loaded on a
+GPU machine runs stock ops there. Exported graphs (`portable_graphs`) take the
+plain-op forms in any mode: they are the shapes TFLite runs fast.
 """
 from __future__ import annotations
 
@@ -27,12 +34,48 @@ import keras
 import tensorflow as tf
 
 _LIMITS = threading.local()
+FAST_CPU_OPS_MODES = ("auto", "on", "off")
 _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 
 
 def _portable() -> bool:
     return bool(getattr(_LIMITS, "portable", False))
+
+
+def check_fast_cpu_ops(mode: str) -> str:
+    """`mode` if it is one of `FAST_CPU_OPS_MODES`; ValueError quoting it otherwise."""
+    if mode not in FAST_CPU_OPS_MODES:
+        raise ValueError(f"Unknown --fast_cpu_ops={mode!r}; use auto, on or off.")
+    return mode
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU (without initialising the runtime)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def use_fast_cpu_ops(mode: str) -> bool:
+    """Whether `mode` ("auto" | "on" | "off") selects the CPU fast paths here: "auto"
+    means yes exactly when no GPU is visible."""
+    check_fast_cpu_ops(mode)
+    return mode == "on" or (mode == "auto" and not gpu_visible())
+
+
+class _FastCpuOpsMixin:
+    """The `fast_cpu_ops` constructor argument and config entry of the layers below."""
+
+    def _init_fast_cpu_ops(self, fast_cpu_ops: str) -> None:
+        self.fast_cpu_ops = check_fast_cpu_ops(fast_cpu_ops)
+
+    @property
+    def _fast(self) -> bool:
+        return use_fast_cpu_ops(self.fast_cpu_ops)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["fast_cpu_ops"] = self.fast_cpu_ops
+        return config
 
 
 @contextlib.contextmanager
@@ -68,13 +111,21 @@ def exact_gelu(z):
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
-class PointwiseDense(keras.layers.Dense):
+class PointwiseDense(_FastCpuOpsMixin, keras.layers.Dense):
     """`Dense` over the last axis (same weights, same outputs), fast on CPU.
 
+    `fast_cpu_ops` ("auto" | "on" | "off"): where the fast form runs (module docstring);
+    otherwise this is Keras's `Dense`.
     Input shape: `(batch, ..., C_in)`. Output shape: `(batch, ..., units)`.
     """
 
+    def __init__(self, units, fast_cpu_ops: str = "auto", **kwargs):
+        super().__init__(units, **kwargs)
+        self._init_fast_cpu_ops(fast_cpu_ops)
+
     def call(self, inputs, training=None):
+        if not (self._fast or _portable()):
+            return super().call(inputs, training=training)
         channels = self.kernel.shape[0]
         flat = tf.reshape(inputs, [-1, channels])
         outputs = tf.matmul(flat, keras.ops.cast(self.kernel, flat.dtype))
@@ -169,15 +220,18 @@ def _banded_depthwise_same(x, kernel, rows_per_band: int):
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
-class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
+class DepthwiseConv2DFast(_FastCpuOpsMixin, keras.layers.DepthwiseConv2D):
     """`DepthwiseConv2D` (same weights, same outputs) with a fast filter gradient.
 
     Only odd square kernels, stride 1, "same" padding, multiplier 1, no dilation.
+    `fast_cpu_ops` ("auto" | "on" | "off"): where the custom gradient runs (module
+    docstring); otherwise this is Keras's `DepthwiseConv2D` with TF's own gradient.
     Input shape: `(batch, H, W, C)`. Output shape: the same.
     """
 
-    def __init__(self, kernel_size, **kwargs):
+    def __init__(self, kernel_size, fast_cpu_ops: str = "auto", **kwargs):
         super().__init__(kernel_size, **kwargs)
+        self._init_fast_cpu_ops(fast_cpu_ops)
         k = self.kernel_size
         if (k[0] != k[1] or k[0] % 2 == 0 or tuple(self.strides) != (1, 1)
                 or self.padding != "same" or self.depth_multiplier != 1
@@ -190,6 +244,8 @@ class DepthwiseConv2DFast(keras.layers.DepthwiseConv2D):
         kernel = keras.ops.cast(self.kernel, inputs.dtype)
         max_taps = getattr(_LIMITS, "max_taps", None)
         k = int(kernel.shape[0])
+        if not (self._fast or _portable() or max_taps):
+            return super().call(inputs)
         if training:
             outputs = depthwise_conv_same(inputs, kernel)
         elif max_taps and k * k > max_taps:
@@ -220,16 +276,24 @@ _layer_norm_last_axis_xla = tf.function(_layer_norm_last_axis, jit_compile=True)
 
 
 @keras.saving.register_keras_serializable(package="pipnet_tf")
-class LayerNormalizationFast(keras.layers.LayerNormalization):
+class LayerNormalizationFast(_FastCpuOpsMixin, keras.layers.LayerNormalization):
     """`LayerNormalization` (same weights, same outputs up to float rounding) whose
     inference forward over the last axis is one XLA-compiled kernel.
 
-    Training uses Keras's own ops; `portable_graphs()` the same formula as plain ops.
+    Training uses Keras's own ops; `portable_graphs()` the same formula as plain ops;
+    `fast_cpu_ops` ("auto" | "on" | "off"): where the XLA kernel runs (module
+    docstring); otherwise this is Keras's `LayerNormalization`.
     Input shape: `(batch, ..., C)`. Output shape: the same.
     """
 
+    def __init__(self, fast_cpu_ops: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        self._init_fast_cpu_ops(fast_cpu_ops)
+
     def call(self, inputs, training=None):
         last_axis = self.axis in (-1, [-1], len(inputs.shape) - 1, [len(inputs.shape) - 1])
+        if not (self._fast or _portable()):
+            return super().call(inputs)
         if training or not last_axis or self.rms_scaling or not (self.center and self.scale):
             return super().call(inputs)
         gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)

@@ -95,8 +95,8 @@ class ImageSet:
 class TrainData:
     """Everything a run needs from its dataset.
 
-    pretrain / train: (view1, view2, label) batches of the two phases (None when built
-        with `training=False`).
+    pretrain / train: the (view1, view2, label) training input of the two phases, epoch by
+        epoch (`pipeline.TwoViewSource`; None when built with `training=False`).
     test: the test images top-1 is measured on (bounding-box crops for CUB).
     test_full: the full test images (the same set as `test` without crops).
     project: the full training images (pruning, prototype pictures, purity).
@@ -105,8 +105,8 @@ class TrainData:
     class_names: list[str]
     part_names: list[str]
     policy: registry.DatasetPolicy
-    pretrain: tf.data.Dataset | None
-    train: tf.data.Dataset | None
+    pretrain: pipeline.TwoViewSource | None
+    train: pipeline.TwoViewSource | None
     pretrain_steps: int
     train_steps: int
     test: ImageSet
@@ -243,12 +243,12 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
         class_names=list(source.class_names),
         part_names=list(source.part_names) if policy.part_annotations else [],
         policy=policy,
-        pretrain=pipeline.two_view_dataset(
+        pretrain=pipeline.TwoViewSource(
             pretrain_records.paths, pretrain_records.labels, pretrain_aug,
             config.batch_size_pretrain, config.seed, cache=cache,
             boxes=boxes(pretrain_records, pretrain_sizes, policy.crop_pretrain))
         if training else None,
-        train=pipeline.two_view_dataset(
+        train=pipeline.TwoViewSource(
             train.paths, train.labels, train_aug, config.batch_size, config.seed + 1,
             cache=cache, boxes=boxes(train, train_sizes, policy.crop_train),
             box_margin=config.train_box_margin) if training else None,
