@@ -81,7 +81,7 @@ def retrain_classifier(model: PIPNet, data: TrainData, epochs: int, config: Trai
     rates = LearningRates(lr=config.lr, lr_block=config.lr_block, lr_net=config.lr_net,
                           weight_decay=config.weight_decay)
     runner = PlanRunner(model, phases.classifier_only_plan(epochs),
-                        {2: (data.train, data.train_steps)}, rates, work_dir,
+                        {2: data.train}, rates, work_dir,
                         checkpoints_to_keep=1, verbose=2 if verbose else 0)
     runner.run()
     if disabled:
