@@ -46,15 +46,18 @@ def main(argv):
         **({"image_size": FLAGS.image_size} if FLAGS.image_size else {})})
     keras.utils.set_random_seed(config.seed)
     data = build_data(config)
-    backbone = build_backbone(config.net, config.image_size, config.weights, config.seed)
+    options = {"width": config.backbone_width} if config.backbone_width else {}
+    backbone = build_backbone(config.net, config.image_size, config.weights, config.seed,
+                              **options)
     model = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(len(data.class_names), activation="softmax")])
     model.compile(keras.optimizers.AdamW(FLAGS.lr, weight_decay=FLAGS.weight_decay),
                   "sparse_categorical_crossentropy", metrics=["accuracy"])
-    train = data.train.map(lambda v1, v2, y: (v1, y)).prefetch(tf.data.AUTOTUNE)
     epochs = FLAGS.epochs or config.epochs + config.epochs_pretrain
+    train = data.train.epochs(0, epochs).map(lambda v1, v2, y: (v1, y))
     start = time.time()
-    history = model.fit(train, epochs=epochs, verbose=2)
+    history = model.fit(train.prefetch(tf.data.AUTOTUNE), epochs=epochs,
+                        steps_per_epoch=data.train.steps_per_epoch, verbose=2)
     test = model.evaluate(data.test.dataset(64), return_dict=True, verbose=0)
     print(json.dumps({"dataset": config.dataset, "net": config.net,
                       "image_size": config.image_size, "epochs": epochs,

@@ -98,3 +98,23 @@ def test_colour_histograms_alone_stay_near_chance(dataset):
     assert train_fit > 2 * chance  # the regression did learn its training set
     for predicted in (nearest, (b @ w + bias).argmax(1)):
         assert np.mean(predicted == yte) <= 2 * chance
+
+
+@pytest.mark.parametrize("dataset", ["cub", "folder:/some/images", "creatures"])
+def test_tiny_cnn_on_cub_layout_or_folder_gets_the_from_scratch_recipe(dataset):
+    from trainers.configs import FROM_SCRATCH, resolve_recipe
+
+    config = resolve_recipe(dataset, {"net": "tiny_cnn", "weights": "none", "epochs": 7})
+    assert config.epochs == 7  # a flag given on the command line wins
+    for field, value in FROM_SCRATCH.items():
+        if field != "epochs":
+            assert getattr(config, field) == value, field
+    assert config.train_box_margin > 0 and config.shrink_per_epoch > 0
+
+
+def test_pretrained_backbones_and_other_datasets_keep_their_presets():
+    from trainers.configs import preset, resolve_recipe
+
+    assert resolve_recipe("cub", {}) == preset("cub")  # ConvNeXt, the paper's settings
+    assert resolve_recipe("cars", {"net": "tiny_cnn"}) == preset("cars").replace(net="tiny_cnn")
+    assert resolve_recipe("cub", {"net": "tiny_cnn"}).train_box_margin > 0

@@ -193,6 +193,8 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
         "before_pruning": before,
         "num_classes": len(data.class_names),
         "num_prototypes": model.num_features,
+        "train_images": data.train.num_examples,
+        "pretrain_images": data.pretrain.num_examples,  # --pretrain_data's, if given
         "precision": precision,
         "shrink_per_step": model.shrink,
     }

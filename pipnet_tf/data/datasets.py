@@ -246,7 +246,8 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
         pretrain=pipeline.TwoViewSource(
             pretrain_records.paths, pretrain_records.labels, pretrain_aug,
             config.batch_size_pretrain, config.seed, cache=cache,
-            boxes=boxes(pretrain_records, pretrain_sizes, policy.crop_pretrain))
+            boxes=boxes(pretrain_records, pretrain_sizes,
+                        policy.crop_pretrain and not config.pretrain_data))
         if training else None,
         train=pipeline.TwoViewSource(
             train.paths, train.labels, train_aug, config.batch_size, config.seed + 1,
