@@ -21,6 +21,7 @@ class TrainConfig:
     weights: str = "imagenet"
     image_size: int = 224
     num_features: int = 0
+    backbone_width: int = 0  # tiny_cnn's stem channels (4x = its prototypes); 0: default
     epochs: int = 60
     epochs_pretrain: int = 10
     freeze_epochs: int = 10
@@ -33,6 +34,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     bias: bool = False
     shrink: float = 1e-3
+    # > 0: the per-step shrink is this / phase-2 steps per epoch instead of `shrink`, so the
+    # scoring sheet sparsifies per epoch as the reference's does on CUB (93 steps × 1e-3)
+    # whatever the dataset size.
+    shrink_per_epoch: float = 0.0
     seed: int = 1
     log_dir: str = "runs/pipnet"
     # auto (Mirrored with > 1 GPU, else default) | default | mirrored | one_device |
@@ -63,6 +68,12 @@ class TrainConfig:
     download: bool = False
     augment: str = ""
     cache_images: bool = True
+    # Phase-2 bounding-box crops grown by up to this fraction of the box on each side,
+    # drawn anew every epoch (0 = the reference's exact crop; pipeline.expanded_box).
+    train_box_margin: float = 0.0
+    # Self-supervised pretraining on these images instead of the labelled training set
+    # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.
+    pretrain_data: str = ""
     # Hand edits of a trained run (`trainers.edit`), oldest first: source run, prototypes
     # disabled / enabled, the resulting disabled set, classifier retraining settings.
     edits: list = dataclasses.field(default_factory=list)

@@ -64,6 +64,29 @@ REFERENCE_RULE = PatchRule()  # SPEC §4; ConvNeXt and ResNet (purity figures de
 
 
 @dataclasses.dataclass(frozen=True)
+class StridePatchRule:
+    """Cells a fixed `stride` apart, as a CNN's receptive fields are: cell i is centred at
+    `stride·i + offset` pixels (continuous coordinates, pixel p covers [p, p+1)); its box is
+    the reference's patch size (32 px at 224, scaled) centred there and shifted inside the
+    image. For backbones whose grid does not span the image edge to edge (tiny_cnn), so
+    the box sits where the cell actually looks rather than where the reference's
+    edge-to-edge spacing would put it.
+    """
+
+    stride: int
+    offset: float
+    patch_size: int = 32
+    reference_size: int = 224
+
+    def geometry(self, image_size: int, grid: tuple[int, int]) -> PatchGeometry:
+        base = PatchRule(self.patch_size, self.reference_size, None).geometry(image_size, grid)
+        return dataclasses.replace(base, stride=int(self.stride), offset=float(self.offset))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class PatchGeometry:
     """Cell → pixel box for one input size and latent grid (see the module docstring).
 
@@ -78,9 +101,19 @@ class PatchGeometry:
     grid: tuple[int, int]
     patch_size: int
     edge_offset_cells: int | None = None
+    stride: int | None = None  # set: cells centred at stride·i + offset (StridePatchRule)
+    offset: float = 0.0
+
+    def with_patch_size(self, patch_size: int) -> PatchGeometry:
+        """The same cells judged with boxes of `patch_size` pixels (purity uses the
+        reference's 32/224 of the input side whatever a backbone declares)."""
+        return dataclasses.replace(self, patch_size=max(1, min(int(patch_size),
+                                                               self.image_size)))
 
     def skip(self, axis: int = 1) -> int:
         """Pixels between neighbouring cells along `axis` (0: rows, 1: columns)."""
+        if self.stride is not None:
+            return int(self.stride)
         cells = self.grid[axis]
         if cells <= 1:
             return 0
@@ -89,8 +122,13 @@ class PatchGeometry:
     def bounds(self, axis: int) -> np.ndarray:
         """int64 (cells, 2) [min, max) pixel bounds of every cell index along `axis`."""
         cells, size, patch, skip = self.grid[axis], self.image_size, self.patch_size, self.skip(axis)
-        offset = skip // 2 if cells == self.edge_offset_cells else None
         out = np.zeros((cells, 2), np.int64)
+        if self.stride is not None:
+            centres = self.stride * np.arange(cells) + self.offset
+            lo = np.clip(np.floor(centres - patch / 2 + 0.5), 0, size - patch)
+            out[:, 0], out[:, 1] = lo, lo + patch
+            return out
+        offset = skip // 2 if cells == self.edge_offset_cells else None
         for i in range(cells):
             if offset is not None:
                 lo = max(0, (i - 1) * skip + offset)
@@ -118,6 +156,9 @@ class PatchGeometry:
 
     def to_dict(self) -> dict:
         """What evaluation.json and the export metadata state about the geometry."""
-        return {"image_size": self.image_size, "latent_grid": list(self.grid),
-                "patch_size": self.patch_size, "skip": [self.skip(0), self.skip(1)],
-                "edge_offset_cells": self.edge_offset_cells}
+        out = {"image_size": self.image_size, "latent_grid": list(self.grid),
+               "patch_size": self.patch_size, "skip": [self.skip(0), self.skip(1)],
+               "edge_offset_cells": self.edge_offset_cells}
+        if self.stride is not None:
+            out.update(cell_centre=f"{self.stride}·i + {self.offset:g} px")
+        return out

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipnet_tf import metrics
-from pipnet_tf.patch_geometry import PatchGeometry
+from pipnet_tf.patch_geometry import REFERENCE_RULE, PatchGeometry
 
 PURITY_MIN_WEIGHT = 1e-5  # reference get_topk_cub / get_proto_patches_cub
 TOP_K = 10
@@ -157,8 +157,12 @@ def evaluate_purity(outputs: dict, kernel: np.ndarray, part_locs: np.ndarray,
         kernel: (D, K) scoring sheet.
         part_locs: (N, P, 3) x, y, visible in model-input pixels (`ImageSet.part_locs`).
         part_names: P names.
-        geometry: the patch geometry the boxes are judged with.
+        geometry: the model's patch geometry: where each cell looks. The boxes are always
+            judged with the reference's patch size, 32/224 of the input side (SPEC §4),
+            whatever patch size the backbone declares for its pictures.
     """
+    geometry = geometry.with_patch_size(REFERENCE_RULE.geometry(geometry.image_size,
+                                                                geometry.grid).patch_size)
     protos = metrics.relevant_prototypes(kernel, min_weight)
     presence, locations = outputs["presence_raw"], outputs["locations"]
     topk = prototype_patches(presence, locations, geometry, protos, k=k)

@@ -11,7 +11,7 @@ from pipnet_tf.backbones import Backbone, build_backbone
 from pipnet_tf.evaluation import collect_prototype_outputs
 from pipnet_tf.explain import local_view
 from pipnet_tf.model import PIPNet
-from pipnet_tf.patch_geometry import REFERENCE_RULE, PatchRule
+from pipnet_tf.patch_geometry import REFERENCE_RULE, PatchRule, StridePatchRule
 
 
 # === The rule, on the reference's own figures ===
@@ -50,6 +50,18 @@ def test_geometry_of_26_cells_at_64_px_scales_patch_and_offset():
     assert g.box(25, 25) == (55, 64, 55, 64)
 
 
+def test_stride_rule_centres_boxes_on_the_cells():
+    g = StridePatchRule(stride=8, offset=4.0).geometry(128, (16, 16))
+    assert g.patch_size == 18 and g.skip() == 8
+    assert g.box(0, 1) == (0, 18, 3, 21)          # centre 4 → [-5, 13] shifted inside; 12 ± 9
+    assert g.box(8, 15) == (59, 77, 110, 128)     # 68 ± 9; 124 ± 9 shifted inside
+    # The reference's edge-to-edge spacing (skip 7) drifts from the cell centres:
+    ref = REFERENCE_RULE.geometry(128, (16, 16))
+    centres = ref.bounds(0).mean(axis=1)
+    assert abs(centres[14] - (8 * 14 + 4)) > 8  # half a patch off
+    assert g.with_patch_size(32).box(4, 4) == (20, 52, 20, 52)
+
+
 def test_bad_geometry_arguments():
     with pytest.raises(ValueError, match="positive"):
         REFERENCE_RULE.geometry(0, (8, 8))
@@ -58,7 +70,11 @@ def test_bad_geometry_arguments():
 
 
 def test_backbones_declare_their_geometry():
-    for name, size, grid in (("tiny_cnn", 64, 8), ("convnext_tiny_13", 224, 13),
+    tiny = build_backbone("tiny_cnn", 64).patch_geometry()
+    assert (tiny.grid, tiny.patch_size, tiny.stride) == ((8, 8), 9, 8)
+    # Cell i looks at 8i + 4 (its receptive field's centre): a 9-px box centred there.
+    assert [tuple(b) for b in tiny.bounds(0)[[0, 3, 7]]] == [(0, 9), (24, 33), (55, 64)]
+    for name, size, grid in (("convnext_tiny_13", 224, 13),
                              ("convnext_tiny_26", 224, 26), ("resnet50", 224, 28)):
         backbone = build_backbone(name, size)  # geometry needs the graph, not a forward pass
         assert backbone.patch_geometry() == REFERENCE_RULE.geometry(size, (grid, grid)), name

@@ -140,3 +140,39 @@ def test_eval_bad_inputs_raise(files):
         pipeline.eval_dataset(paths, labels, 0, 2)
     # a batch larger than the dataset is fine without drop_remainder
     assert len(_batches(pipeline.eval_dataset(paths, labels, 12, 64))) == 1
+
+
+def test_expanded_box_grows_each_side_within_the_margin():
+    box = tf.constant([0.4, 0.3, 0.6, 0.5])
+    grown = np.array([pipeline.expanded_box(box, tf.constant([s, 1], tf.int64), 0.5).numpy()
+                      for s in range(200)])
+    lo = np.array([0.4 - 0.1, 0.3 - 0.1, 0.6, 0.5])
+    hi = np.array([0.4, 0.3, 0.6 + 0.1, 0.5 + 0.1])
+    assert np.all(grown >= lo - 1e-6) and np.all(grown <= hi + 1e-6)
+    assert np.ptp(grown, axis=0).min() > 0.08  # every side moves, independently
+    edge = pipeline.expanded_box(tf.constant([0.0, 0.0, 1.0, 1.0]), tf.constant([3, 1]), 1.0)
+    np.testing.assert_array_equal(edge.numpy(), [0, 0, 1, 1])  # clipped to the image
+
+
+def test_box_margin_keeps_the_box_and_shows_surroundings(tmp_path):
+    """A red box in a blue image: with a margin the crops still hold the red box but also
+    some blue around it, at scales that change from epoch to epoch."""
+    image = np.zeros((60, 60, 3), np.uint8)
+    image[..., 2] = 255
+    image[20:40, 20:40] = (255, 0, 0)
+    path = tmp_path / "boxed.png"
+    Image.fromarray(image).save(path)
+    box = np.array([[20 / 60, 20 / 60, 40 / 60, 40 / 60]], np.float32)
+    config = AugmentConfig(image_size=16, resize_size=16, crop_size=16, translate_px=0.0)
+    exact = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box)
+    grown = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box,
+                                   box_margin=0.5)
+    blue = []
+    for source in (exact, grown):
+        fractions = []
+        for epoch in range(6):
+            v1 = next(iter(source.epochs(epoch, epoch + 1)))[0].numpy()[0]
+            fractions.append(np.mean(v1[..., 2] > 128))
+        blue.append(fractions)
+    assert max(blue[0]) < 0.05  # the exact crop is all red
+    assert min(blue[1]) < max(blue[1]) and max(blue[1]) > 0.15  # varied margins of blue

@@ -28,6 +28,11 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # The paper's datasets with the reference's argument files (SPEC §3).
     "cub": TrainConfig(dataset="cub", log_dir="runs/cub"),
+    # The built-in creatures benchmark: the from-scratch recipe below, as the held-out
+    # set's size (60 training and 30 test images per class).
+    "creatures": TrainConfig(dataset="creatures", net="tiny_cnn", weights="none",
+                             synthetic_train_per_class=60, synthetic_test_per_class=30,
+                             log_dir="runs/creatures"),
     "cars": TrainConfig(dataset="cars", log_dir="runs/cars"),
     "pets": TrainConfig(dataset="pets", lr_block=1e-4, lr_net=1e-4, log_dir="runs/pets"),
 }
@@ -40,3 +45,37 @@ def preset(dataset: str) -> TrainConfig:
     if name == "folder":
         return PRESETS["cub"].replace(dataset=dataset, log_dir="runs/folder")
     return PRESETS[name].replace(dataset=dataset)
+
+
+# The from-scratch recipe (#14): a CPU user without pretrained weights (`--net=tiny_cnn`) on
+# a CUB-layout or class-folder dataset gets these settings unless a flag says otherwise.
+# Found by experiment on the built-in creatures benchmark (BUILD_NOTES "Part prototypes
+# from scratch").
+FROM_SCRATCH: dict = dict(
+    weights="none",
+    precision="float32",
+    image_size=128,
+    epochs=60,
+    epochs_pretrain=10,
+    train_box_margin=1.0,
+    shrink_per_epoch=0.045,
+    freeze_epochs=10,
+    batch_size=32,
+    batch_size_pretrain=64,
+    lr=0.05,
+    lr_block=5e-3,
+    lr_net=5e-3,
+    inter_op_threads=1,
+)
+FROM_SCRATCH_DATASETS = ("cub", "folder", "creatures")
+
+
+def resolve_recipe(dataset: str, given: dict) -> TrainConfig:
+    """The config of `--dataset=dataset` with the flags in `given` (field → value) applied:
+    the dataset's preset, then, for a tiny_cnn (no pretrained weights) on a CUB-layout or
+    folder dataset, the from-scratch recipe, then the flags."""
+    config = preset(dataset)
+    name, _ = parse_dataset(dataset)
+    if given.get("net", config.net) == "tiny_cnn" and name in FROM_SCRATCH_DATASETS:
+        config = config.replace(net="tiny_cnn", **FROM_SCRATCH)
+    return config.replace(**given)

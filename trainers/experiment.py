@@ -84,17 +84,26 @@ def _cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def build_model(config: TrainConfig, num_classes: int) -> PIPNet:
+def step_shrink(config: TrainConfig, steps_per_epoch: int) -> float:
+    """The scoring sheet's per-step shrinkage: `shrink`, or `shrink_per_epoch` spread over
+    the phase-2 steps of an epoch."""
+    if config.shrink_per_epoch > 0:
+        return config.shrink_per_epoch / max(1, steps_per_epoch)
+    return config.shrink
+
+
+def build_model(config: TrainConfig, num_classes: int, steps_per_epoch: int = 1) -> PIPNet:
     """The run's PIPNet; with --state_dict_dir_net it holds that reference checkpoint."""
     weights = "none" if config.state_dict_dir_net else config.weights  # overwritten anyway
+    options = {"width": config.backbone_width} if config.backbone_width else {}
     backbone = build_backbone(config.net, config.image_size, weights=weights, seed=config.seed,
-                              fast_cpu_ops=config.fast_cpu_ops)
+                              fast_cpu_ops=config.fast_cpu_ops, **options)
     model = PIPNet(
         backbone,
         num_classes=num_classes,
         num_prototypes=config.num_features,
         use_bias=config.bias,
-        shrink=config.shrink,
+        shrink=step_shrink(config, steps_per_epoch),
         seed=config.seed,
     )
     model.build((None, config.image_size, config.image_size, 3))
@@ -145,7 +154,7 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
         write_json(run_dir / CONFIG_FILE, config.to_dict())
         _write_class_names(run_dir, data.class_names)
     with strategy.scope():
-        model = build_model(config, len(data.class_names))
+        model = build_model(config, len(data.class_names), data.train_steps)
     plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
                             config.finetune_epochs, loaded=bool(config.state_dict_dir_net))
     for line in phases.describe_plan(plan):
@@ -184,7 +193,10 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
         "before_pruning": before,
         "num_classes": len(data.class_names),
         "num_prototypes": model.num_features,
+        "train_images": data.train.num_examples,
+        "pretrain_images": data.pretrain.num_examples,  # --pretrain_data's, if given
         "precision": precision,
+        "shrink_per_step": model.shrink,
     }
     timing = {"epochs_run_in_last_call": epochs_run,
               "training_seconds": round(training_seconds, 1)}

@@ -30,7 +30,7 @@ from absl import flags  # noqa: E402
 
 from pipnet_tf.cli import exit_on_user_error, run_app  # noqa: E402
 from pipnet_tf.data.registry import DATASETS  # noqa: E402
-from trainers.configs import TrainConfig, preset  # noqa: E402
+from trainers.configs import TrainConfig, resolve_recipe  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "synthetic", "; ".join(
@@ -44,6 +44,8 @@ _FIELD_FLAGS = {
     "weights": (flags.DEFINE_string, "Backbone weights: imagenet | none | PATH."),
     "image_size": (flags.DEFINE_integer, "Input image size in pixels."),
     "num_features": (flags.DEFINE_integer, "Prototypes D; 0 = the backbone's channels."),
+    "backbone_width": (flags.DEFINE_integer, "tiny_cnn's stem channels (it has 4x as many "
+                       "prototypes); 0 = its default (16)."),
     "epochs": (flags.DEFINE_integer, "Epochs of the second (classification) phase, all of "
                "its stages together: finetune + frozen + full (>= 1)."),
     "epochs_pretrain": (flags.DEFINE_integer, "Epochs of prototype pretraining (phase 1: "
@@ -61,6 +63,8 @@ _FIELD_FLAGS = {
     "weight_decay": (flags.DEFINE_float, "AdamW weight decay of the network."),
     "bias": (flags.DEFINE_bool, "Non-negative bias in the scoring sheet."),
     "shrink": (flags.DEFINE_float, "Per-step shrinkage of the scoring sheet."),
+    "shrink_per_epoch": (flags.DEFINE_float, "> 0: the per-step shrinkage is this divided by "
+                         "the phase-2 steps per epoch (overrides --shrink)."),
     "seed": (flags.DEFINE_integer, "Random seed."),
     "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16 | mixed_float16 "
                   "(auto: bf16 on GPUs that have it and AVX512_BF16/AMX CPUs, float16 with "
@@ -85,6 +89,11 @@ _FIELD_FLAGS = {
     "augment": (flags.DEFINE_string, "Augmentation geometry: cub | cub_pretrain | cars | pets "
                 "| partimagenet; empty = the dataset's own (SPEC section 5)."),
     "cache_images": (flags.DEFINE_bool, "Keep decoded, resized images in memory."),
+    "pretrain_data": (flags.DEFINE_string, "folder:PATH: pretrain the prototypes (L_A + L_T, "
+                      "no labels) on every image under PATH; the labelled set is then used for "
+                      "the classification phases."),
+    "train_box_margin": (flags.DEFINE_float, "Grow phase-2 bounding-box crops by up to this "
+                         "fraction of the box per side, anew each epoch (0: exact crops)."),
     "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
                            "(net_pretrained, net_trained, …) to start from; with "
                            "--epochs_pretrain=0 training continues from its prototypes."),
@@ -100,14 +109,13 @@ flags.declare_key_flag("log_dir")
 
 
 def resolve_config() -> TrainConfig:
-    """The dataset preset with every flag given on the command line applied."""
-    config = preset(FLAGS.dataset).replace(dataset=FLAGS.dataset)
+    """The dataset's preset (and recipe) with every flag given on the command line applied."""
     changes = {name: FLAGS[name].value for name in _FIELD_FLAGS if FLAGS[name].value is not None}
     if FLAGS.strategy is not None:
         changes["strategy"] = FLAGS.strategy
     if FLAGS.log_dir:  # absl.logging's flag; its default is empty
         changes["log_dir"] = FLAGS.log_dir
-    return config.replace(**changes)
+    return resolve_recipe(FLAGS.dataset, changes)
 
 
 @exit_on_user_error("trainers.run")

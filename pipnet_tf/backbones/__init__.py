@@ -37,6 +37,7 @@ def available_backbones() -> list[str]:
 def build_backbone(
     name: str, image_size: int, weights: str | None = None, seed: int | None = None,
     fast_cpu_ops: str = "auto",
+    **options,
 ) -> Backbone:
     """Builds backbone `name` for square inputs of `image_size` pixels.
 
@@ -47,6 +48,7 @@ def build_backbone(
         fast_cpu_ops: "auto" | "on" | "off", where the CPU-specialised kernels of
             `cpu_fast_ops` run (ConvNeXt; tiny_cnn and ResNet have none, so for them
             the value changes nothing).
+        **options: the backbone's own settings (tiny_cnn: `width`).
     """
     from pipnet_tf.backbones.cpu_fast_ops import check_fast_cpu_ops
 
@@ -56,10 +58,10 @@ def build_backbone(
             f"Unknown backbone (--net) {name!r}; available: {', '.join(available_backbones())}."
         )
     builder = _REGISTRY[name]
-    options = {}
+    extra = {}
     if "fast_cpu_ops" in inspect.signature(builder).parameters:
-        options["fast_cpu_ops"] = fast_cpu_ops
-    return builder(image_size=image_size, weights=weights, seed=seed, **options)
+        extra["fast_cpu_ops"] = fast_cpu_ops
+    return builder(image_size=image_size, weights=weights, seed=seed, **options, **extra)
 
 
 # Registration side effects.

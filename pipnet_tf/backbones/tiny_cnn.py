@@ -7,10 +7,12 @@ BatchNorm + ReLU (synchronised so that statistics are over the global batch unde
 `tf.distribute` strategy), except the last conv: like ConvNeXt's raw residual stream,
 the features fed to the prototype softmax carry no normalisation or activation.
 
-The 2x2 stride-2 downsamplers centre latent cell i's receptive field at pixel
-8i + 3.5, which is where the reference's patch mapping (SPEC §4: patch 32·S/224,
-skip (S − patch)/(W − 1)) puts its box; strided 3x3 "same" convs would shift it by
-several pixels down and right.
+The 2x2 stride-2 downsamplers centre latent cell i's receptive field (38 px) at 8i + 4
+in continuous pixel coordinates (the centre of pixel 8i + 3.5); strided 3x3 "same" convs
+would shift it by several pixels down and right. The backbone declares exactly that
+(`StridePatchRule(8, 4)`: a 32·S/224 box centred on the cell): the reference's mapping
+spaces cells (S − patch)/(W − 1) apart edge to edge, which for this grid drifts up to
+half a patch away from where the cells look (BUILD_NOTES, #14).
 
 Layer groups (mirroring ConvNeXt's, SPEC §3): backbone = stem + stage 1; freeze =
 stage 2 + stage 3's downsampler; train = the last conv.
@@ -26,6 +28,7 @@ import keras
 
 from pipnet_tf.backbones import register_backbone
 from pipnet_tf.backbones.backbone import Backbone, LayerSeeds
+from pipnet_tf.patch_geometry import StridePatchRule
 
 
 def _conv(x, filters: int, kernel: int, stride: int, name: str, seeds: LayerSeeds,
@@ -55,6 +58,8 @@ class TinyCNNBackbone(Backbone):
         width: channels of the stem; the output has `4·width` channels.
         seed: seed of the initialisers (each layer gets its own, derived from it).
     """
+
+    patch_rule = StridePatchRule(stride=8, offset=4.0)
 
     def __init__(self, image_size: int | None = 64, width: int = 16, seed: int | None = None,
                  **kwargs):
@@ -94,12 +99,13 @@ class TinyCNNBackbone(Backbone):
 
 
 @register_backbone("tiny_cnn")
-def tiny_cnn(image_size: int, weights: str | None = None, seed: int | None = None
-             ) -> TinyCNNBackbone:
-    """Builds the tiny CNN. Only random initialisation (`weights` None or "none")."""
+def tiny_cnn(image_size: int, weights: str | None = None, seed: int | None = None,
+             width: int = 16) -> TinyCNNBackbone:
+    """Builds the tiny CNN (`width` stem channels, 4·width prototypes). Only random
+    initialisation (`weights` None or "none")."""
     if weights not in (None, "none"):
         raise ValueError(
             f"Backbone 'tiny_cnn' has no pretrained weights; received weights={weights!r}. "
             "Use --weights=none."
         )
-    return TinyCNNBackbone(image_size=image_size, seed=seed)
+    return TinyCNNBackbone(image_size=image_size, width=width, seed=seed)

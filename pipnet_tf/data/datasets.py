@@ -149,6 +149,21 @@ def _image_set(records: ImageRecords, sizes: np.ndarray, originals: list[str], c
                     image_size, cache, object_boxes=object_boxes)
 
 
+def unlabeled_images(spec: str) -> list[str]:
+    """Every image file under `folder:PATH` (or PATH), recursively; labels are ignored.
+
+    Raises:
+        DatasetUnavailableError: the folder is missing or holds no image files.
+    """
+    from pipnet_tf.ood import list_images
+
+    path = spec.removeprefix("folder:")
+    try:
+        return list_images(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise DatasetUnavailableError(f"--pretrain_data={spec!r}: {e}") from e
+
+
 def image_set_from_files(paths: Sequence[str], image_size: int, cache_dir: str,
                          what: str = "images") -> ImageSet:
     """Unlabelled image files (OoD folders, images to explain) as an `ImageSet`;
@@ -201,16 +216,22 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
     _check_classes(train, test, source)
     logging.info("%s (%s): %d train, %d test images, %d classes", source.name, source.origin,
                  len(train), len(test), len(source.class_names))
-    for label, size in (("--batch_size", config.batch_size),
-                        ("--batch_size_pretrain", config.batch_size_pretrain)):
-        if training and size > len(train):
-            raise ValueError(f"{label}={size} exceeds the {len(train)} training images.")
+    pretrain_records, pretrain_sizes = train, train_sizes
+    if config.pretrain_data and training:
+        files = unlabeled_images(config.pretrain_data)
+        pretrain_records, pretrain_sizes, _ = _usable(
+            make_records(files, np.zeros(len(files))), config.cache_dir,
+            f"unlabeled pretraining images ({config.pretrain_data})")
+    for label, size, count in (("--batch_size", config.batch_size, len(train)),
+                               ("--batch_size_pretrain", config.batch_size_pretrain,
+                                len(pretrain_records))):
+        if training and size > count:
+            raise ValueError(f"{label}={size} exceeds the {count} training images.")
 
-    def train_boxes(crop: bool) -> np.ndarray | None:
+    def boxes(records: ImageRecords, sizes: np.ndarray, crop: bool) -> np.ndarray | None:
         if not crop:
             return None
-        return geometry.normalized_boxes(geometry.crop_boxes(train.bboxes, train_sizes),
-                                         train_sizes)
+        return geometry.normalized_boxes(geometry.crop_boxes(records.bboxes, sizes), sizes)
 
     size, cache = config.image_size, config.cache_images and training
     pretrain_aug = augment.AugmentConfig.for_image_size(size, policy.pretrain_augment)
@@ -223,12 +244,16 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
         part_names=list(source.part_names) if policy.part_annotations else [],
         policy=policy,
         pretrain=pipeline.TwoViewSource(
-            train.paths, train.labels, pretrain_aug, config.batch_size_pretrain, config.seed,
-            cache=cache, boxes=train_boxes(policy.crop_pretrain)) if training else None,
+            pretrain_records.paths, pretrain_records.labels, pretrain_aug,
+            config.batch_size_pretrain, config.seed, cache=cache,
+            boxes=boxes(pretrain_records, pretrain_sizes,
+                        policy.crop_pretrain and not config.pretrain_data))
+        if training else None,
         train=pipeline.TwoViewSource(
             train.paths, train.labels, train_aug, config.batch_size, config.seed + 1,
-            cache=cache, boxes=train_boxes(policy.crop_train)) if training else None,
-        pretrain_steps=len(train) // config.batch_size_pretrain,
+            cache=cache, boxes=boxes(train, train_sizes, policy.crop_train),
+            box_margin=config.train_box_margin) if training else None,
+        pretrain_steps=len(pretrain_records) // config.batch_size_pretrain,
         train_steps=len(train) // config.batch_size,
         test=test_set,
         test_full=test_full,

@@ -8,6 +8,7 @@ it has part annotations. `parse_dataset("folder:/data/x")` splits a `--dataset` 
 | name | found by | crops (pretrain / train / test / project) | augment (pretrain / train) |
 |---|---|---|---|
 | synthetic | generated | none | cub / cub |
+| creatures | generated | full / crop / crop / full | cub_pretrain / cub |
 | cub | CUB layout or tfds | full / crop / crop / full | cub_pretrain / cub |
 | cars | devkit, class folders or tfds | none | cars / cars |
 | pets | Pet layout, class folders or tfds | none | pets / pets |
@@ -68,6 +69,11 @@ DATASETS: dict[str, DatasetEntry] = {
         "synthetic", sources.find_synthetic,
         DatasetPolicy(part_annotations=True),
         "the built-in parts dataset (generated, nothing to download)"),
+    "creatures": DatasetEntry(
+        "creatures", sources.find_creatures,
+        DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",
+                      part_annotations=True),
+        "the built-in creatures benchmark: CUB layout, 10 annotated parts, clutter, leaves"),
     "cub": DatasetEntry(
         "cub", sources.find_cub,
         DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",

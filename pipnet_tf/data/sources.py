@@ -122,19 +122,31 @@ FOLDER_HELP = ("Place images as PATH/train/<class>/* and PATH/test/<class>/*, or
                "--dataset=synthetic.")
 
 
-def find_synthetic(request: DatasetRequest) -> DatasetSource:
-    """The built-in dataset, generated into `cache_dir` on first use."""
+def _builtin(request: DatasetRequest, kind: str, image_size: int,
+             **spec_fields) -> DatasetSource:
     from pipnet_tf.data.synthetic import SyntheticSpec, write_synthetic_cub
 
-    spec = SyntheticSpec(image_size=request.image_size,
+    spec = SyntheticSpec(image_size=image_size,
                          train_per_class=request.synthetic_train_per_class,
-                         test_per_class=request.synthetic_test_per_class)
+                         test_per_class=request.synthetic_test_per_class, kind=kind,
+                         **spec_fields)
     layout = load_cub_layout(write_synthetic_cub(request.cache_dir, spec))
     ood = layout.root / "ood"
     default_ood = {p.name: str(p) for p in sorted(ood.iterdir()) if p.is_dir()} \
         if ood.is_dir() else {}
-    return _from_cub(layout, "synthetic", f"built-in dataset at {layout.root}",
+    return _from_cub(layout, request.name, f"built-in {kind} dataset at {layout.root}",
                      default_ood=default_ood)
+
+
+def find_synthetic(request: DatasetRequest) -> DatasetSource:
+    """The small built-in shapes dataset, generated into `cache_dir` on first use."""
+    return _builtin(request, "shapes", request.image_size)
+
+
+def find_creatures(request: DatasetRequest) -> DatasetSource:
+    """The built-in creatures benchmark (parts with attributes, clutter, leaves), drawn at
+    224 px whatever the training size (like a real dataset), into `cache_dir` on first use."""
+    return _builtin(request, "creatures", 224, occlusion_prob=0.5)
 
 
 def find_cub(request: DatasetRequest) -> DatasetSource:

@@ -43,6 +43,7 @@ from pipnet_tf.data.synthetic_render import (  # noqa: F401  (re-exported)
 
 FORMAT_VERSION = 1
 COMPLETE_MARKER = "COMPLETE"
+KINDS = ("shapes", "creatures")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +56,11 @@ class SyntheticSpec:
     ood_per_kind: int = 40
     seed: int = 0
     occlusion_prob: float = 0.2
+    kind: str = "shapes"  # "shapes" (pipnet_tf.data.synthetic_render) or "creatures"
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not 32 <= self.image_size <= 1024:
             raise ValueError(f"image_size must be in [32, 1024], got {self.image_size!r}")
         if self.train_per_class < 1:
@@ -69,41 +73,50 @@ class SyntheticSpec:
 
     def fingerprint(self) -> str:
         """Short hash of the fields and FORMAT_VERSION, used in the cache directory name."""
-        blob = json.dumps({"format": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if self.kind == "shapes":  # the original dataset keeps its cache name
+            del fields["kind"]
+        else:
+            fields["render_version"] = renderer(self.kind).VERSION
+        blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def renderer(kind: str):
+    """The module that draws dataset `kind`: CLASS_NAMES, PART_NAMES, OOD_KINDS,
+    render_example(rng, label, size, occlusion_prob), render_ood(rng, kind, size), describe()."""
+    if kind == "creatures":
+        from pipnet_tf.data import creatures_render
+
+        return creatures_render
+    from pipnet_tf.data import synthetic_render
+
+    return synthetic_render
 
 
 def _readme(spec: SyntheticSpec) -> str:
     """Human-readable description of the generated dataset."""
-    lines = [f"Synthetic parts dataset (pipnet_tf format {FORMAT_VERSION}), CUB-200-2011 layout.",
-             f"Spec: {json.dumps(dataclasses.asdict(spec), sort_keys=True)}", "",
-             "Classes (defined only by which class parts are present; '|' = exactly one of):"]
-    for i, (name, opts) in enumerate(CLASS_DEFINITIONS.items(), 1):
-        lines.append(f"  {i:03d}.{name}: " + " | ".join(" + ".join(o) for o in opts))
-    lines += ["", "Parts (part_id name):"]
-    lines += [f"  {i} {n}" + ("  (distractor, in every image)" * (n in DISTRACTOR_PART_NAMES))
-              for i, n in enumerate(PART_NAMES, 1)]
-    lines += ["", "Coordinates are float pixels from the top-left image corner; part_locs give",
-              "each part's centre (the orange ring's centre is its hole). About occlusion_prob",
-              "of the images have one class part 10-40% hidden by a background-coloured blob.",
-              "ood/: backgrounds (no object), unknown_shapes (unfamiliar shapes/colours),",
-              "body_only (distractor parts only)."]
-    return "\n".join(lines) + "\n"
+    lines = [f"Built-in '{spec.kind}' dataset (pipnet_tf format {FORMAT_VERSION}), "
+             "CUB-200-2011 layout.",
+             f"Spec: {json.dumps(dataclasses.asdict(spec), sort_keys=True)}", ""]
+    return "\n".join(lines + renderer(spec.kind).describe()) + "\n"
 
 
 def _write_all(out: pathlib.Path, spec: SyntheticSpec) -> None:
     """Writes the whole dataset into the (empty) directory `out`."""
     size, start = spec.image_size, time.monotonic()
+    draw = renderer(spec.kind)
     images, labels, split, boxes, locs = [], [], [], [], []
     image_id = 0
-    for c, cname in enumerate(CLASS_NAMES):
+    for c, cname in enumerate(draw.CLASS_NAMES):
         folder = f"{c + 1:03d}.{cname}"
         (out / "images" / folder).mkdir(parents=True)
         for k in range(spec.train_per_class + spec.test_per_class):
             is_train = k < spec.train_per_class
             index = k if is_train else k - spec.train_per_class
             rng = np.random.default_rng([spec.seed, 0 if is_train else 1, c, index])
-            image, parts, bbox = render_example(rng, c, size, occlusion_prob=spec.occlusion_prob)
+            image, parts, bbox = draw.render_example(rng, c, size,
+                                                     occlusion_prob=spec.occlusion_prob)
             image_id += 1
             rel = f"{folder}/{cname}_{image_id:04d}.png"
             Image.fromarray(image).save(out / "images" / rel, format="PNG")
@@ -114,18 +127,18 @@ def _write_all(out: pathlib.Path, spec: SyntheticSpec) -> None:
             locs += [f"{image_id} {p} {x:.2f} {y:.2f} {v}"
                      for p, (x, y, v) in enumerate(parts.values(), 1)]
         logging.info("synthetic: class %d/%d written (%d images, %.1fs)",
-                     c + 1, len(CLASS_NAMES), image_id, time.monotonic() - start)
-    for kind_index, kind in enumerate(OOD_KINDS):
+                     c + 1, len(draw.CLASS_NAMES), image_id, time.monotonic() - start)
+    for kind_index, kind in enumerate(draw.OOD_KINDS):
         (out / "ood" / kind).mkdir(parents=True)
         for i in range(spec.ood_per_kind):
             rng = np.random.default_rng([spec.seed, 2 + kind_index, 0, i])
-            Image.fromarray(render_ood(rng, kind, size)).save(
+            Image.fromarray(draw.render_ood(rng, kind, size)).save(
                 out / "ood" / kind / f"{kind}_{i + 1:04d}.png", format="PNG")
     (out / "parts").mkdir()
     tables = {"images.txt": images, "image_class_labels.txt": labels,
               "train_test_split.txt": split, "bounding_boxes.txt": boxes,
-              "classes.txt": [f"{c} {c:03d}.{n}" for c, n in enumerate(CLASS_NAMES, 1)],
-              "parts/parts.txt": [f"{p} {n}" for p, n in enumerate(PART_NAMES, 1)],
+              "classes.txt": [f"{c} {c:03d}.{n}" for c, n in enumerate(draw.CLASS_NAMES, 1)],
+              "parts/parts.txt": [f"{p} {n}" for p, n in enumerate(draw.PART_NAMES, 1)],
               "parts/part_locs.txt": locs}
     for name, rows in tables.items():
         (out / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -134,7 +147,7 @@ def _write_all(out: pathlib.Path, spec: SyntheticSpec) -> None:
               "spec": dataclasses.asdict(spec), "num_images": image_id}
     (out / COMPLETE_MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8")
     logging.info("synthetic: %d images + %d OoD written in %.1fs", image_id,
-                 spec.ood_per_kind * len(OOD_KINDS), time.monotonic() - start)
+                 spec.ood_per_kind * len(draw.OOD_KINDS), time.monotonic() - start)
 
 
 def write_synthetic_cub(cache_root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()

@@ -307,3 +307,19 @@ def render_ood(rng: np.random.Generator, kind: str, image_size: int) -> np.ndarr
         body = _UNKNOWN_BODY if rng.uniform() < 0.5 else None
         return _compose(rng, image_size, styles, body, False, 0.0)[0]
     raise ValueError(f"unknown OoD kind {kind!r}; expected one of {OOD_KINDS}")
+
+
+def describe() -> list[str]:
+    """README lines: classes, parts, coordinates, OoD folders."""
+    lines = ["Classes (defined only by which class parts are present; '|' = exactly one of):"]
+    for i, (name, opts) in enumerate(CLASS_DEFINITIONS.items(), 1):
+        lines.append(f"  {i:03d}.{name}: " + " | ".join(" + ".join(o) for o in opts))
+    lines += ["", "Parts (part_id name):"]
+    lines += [f"  {i} {n}" + ("  (distractor, in every image)" * (n in DISTRACTOR_PART_NAMES))
+              for i, n in enumerate(PART_NAMES, 1)]
+    lines += ["", "Coordinates are float pixels from the top-left image corner; part_locs give",
+              "each part's centre (the orange ring's centre is its hole). About occlusion_prob",
+              "of the images have one class part 10-40% hidden by a background-coloured blob.",
+              "ood/: backgrounds (no object), unknown_shapes (unfamiliar shapes/colours),",
+              "body_only (distractor parts only)."]
+    return lines
