@@ -59,8 +59,12 @@ def test_evaluate_run_writes_all_metrics_without_touching_the_model(run_dir):
     assert {"train", "test"} == set(saved["purity"])
     assert "top10" in saved["purity"]["train"] and "presence_gt_0.5" in saved["purity"]["train"]
     assert saved["before_pruning"]["global_size"] == 12
-    latent = result["latent_hw"][1]
-    assert result["patch_size_and_skip"] == [5, round((SIZE - 5) / (latent - 1))]  # 32·32/224 → 5
+    assert result["latent_hw"] == [SIZE // 8, SIZE // 8]
+    # 32·32/224 → a 5-px patch; tiny_cnn declares stride-8 cells (StridePatchRule), so the
+    # skip is its stride, not the reference's spread of the grid over the image.
+    assert result["patch_size_and_skip"] == [5, 8]
+    assert result["patch_geometry"]["skip"] == [8, 8]
+    assert result["patch_geometry"]["cell_centre"] == "8·i + 4 px"
     text = (run_dir / "evaluation.md").read_text()
     assert "FPR95" in text and "purity" in text
 
