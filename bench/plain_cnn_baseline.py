@@ -49,9 +49,8 @@ def main(argv):
            if FLAGS.train_box_margin is not None else {})})
     keras.utils.set_random_seed(config.seed)
     data = build_data(config)
-    options = {"width": config.backbone_width} if config.backbone_width else {}
     backbone = build_backbone(config.net, config.image_size, config.weights, config.seed,
-                              **options)
+                              **config.backbone_options())
     model = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(len(data.class_names), activation="softmax")])
     model.compile(keras.optimizers.AdamW(FLAGS.lr, weight_decay=FLAGS.weight_decay),

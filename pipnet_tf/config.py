@@ -87,6 +87,10 @@ class TrainConfig:
             raise ValueError(f"Unknown config fields: {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
 
+    def backbone_options(self) -> dict:
+        """Keyword options of `build_backbone` that this config sets (tiny_cnn's width)."""
+        return {"width": self.backbone_width} if self.backbone_width else {}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -118,3 +118,13 @@ def test_pretrained_backbones_and_other_datasets_keep_their_presets():
     assert resolve_recipe("cub", {}) == preset("cub")  # ConvNeXt, the paper's settings
     assert resolve_recipe("cars", {"net": "tiny_cnn"}) == preset("cars").replace(net="tiny_cnn")
     assert resolve_recipe("cub", {"net": "tiny_cnn"}).train_box_margin > 0
+
+
+def test_backbone_width_reaches_the_trainers_model():
+    from pipnet_tf.config import TrainConfig
+    from trainers.experiment import build_model
+
+    assert TrainConfig().backbone_options() == {}
+    config = TrainConfig(net="tiny_cnn", weights="none", image_size=32, backbone_width=6)
+    assert config.backbone_options() == {"width": 6}
+    assert build_model(config, num_classes=3).num_features == 4 * 6  # tiny_cnn: 4x its stem

@@ -39,7 +39,7 @@ def test_pretraining_reads_the_unlabeled_tree_and_training_the_labelled_set(conf
     data = build_data(config)
     assert data.pretrain.num_examples == 23  # every image, recursively; the .txt skipped
     assert data.train.num_examples == 4 * len(data.class_names)
-    assert data.pretrain_steps == 23 // 10
+    assert data.pretrain.steps_per_epoch == 23 // 10
     view1, view2, _ = next(iter(data.pretrain.epochs(0, 1)))
     assert view1.shape == view2.shape == (10, 32, 32, 3)
 

@@ -95,9 +95,8 @@ def step_shrink(config: TrainConfig, steps_per_epoch: int) -> float:
 def build_model(config: TrainConfig, num_classes: int, steps_per_epoch: int = 1) -> PIPNet:
     """The run's PIPNet; with --state_dict_dir_net it holds that reference checkpoint."""
     weights = "none" if config.state_dict_dir_net else config.weights  # overwritten anyway
-    options = {"width": config.backbone_width} if config.backbone_width else {}
     backbone = build_backbone(config.net, config.image_size, weights=weights, seed=config.seed,
-                              fast_cpu_ops=config.fast_cpu_ops, **options)
+                              fast_cpu_ops=config.fast_cpu_ops, **config.backbone_options())
     model = PIPNet(
         backbone,
         num_classes=num_classes,
@@ -154,7 +153,7 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
         write_json(run_dir / CONFIG_FILE, config.to_dict())
         _write_class_names(run_dir, data.class_names)
     with strategy.scope():
-        model = build_model(config, len(data.class_names), data.train_steps)
+        model = build_model(config, len(data.class_names), data.train.steps_per_epoch)
     plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
                             config.finetune_epochs, loaded=bool(config.state_dict_dir_net))
     for line in phases.describe_plan(plan):

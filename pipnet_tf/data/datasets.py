@@ -107,8 +107,6 @@ class TrainData:
     policy: registry.DatasetPolicy
     pretrain: pipeline.TwoViewSource | None
     train: pipeline.TwoViewSource | None
-    pretrain_steps: int
-    train_steps: int
     test: ImageSet
     test_full: ImageSet
     project: ImageSet
@@ -253,8 +251,6 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
             train.paths, train.labels, train_aug, config.batch_size, config.seed + 1,
             cache=cache, boxes=boxes(train, train_sizes, policy.crop_train),
             box_margin=config.train_box_margin) if training else None,
-        pretrain_steps=len(pretrain_records) // config.batch_size_pretrain,
-        train_steps=len(train) // config.batch_size,
         test=test_set,
         test_full=test_full,
         project=_image_set(train, train_sizes, train_originals, policy.crop_project, size,
