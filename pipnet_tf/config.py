@@ -38,6 +38,11 @@ class TrainConfig:
     # scoring sheet sparsifies per epoch as the reference's does on CUB (93 steps × 1e-3)
     # whatever the dataset size.
     shrink_per_epoch: float = 0.0
+    # After training (and the reference's pruning of unused prototypes), drop the prototypes
+    # whose largest weight is below this fraction of the mean of the classes' largest
+    # weights (each class keeps its strongest connection); 0 = off, the reference
+    # (`metrics.weak_prototype_connections`, BUILD_NOTES #14).
+    prune_weak_prototypes: float = 0.0
     seed: int = 1
     log_dir: str = "runs/pipnet"
     # auto (Mirrored with > 1 GPU, else default) | default | mirrored | one_device |
@@ -71,6 +76,8 @@ class TrainConfig:
     # Phase-2 bounding-box crops grown by up to this fraction of the box on each side,
     # drawn anew every epoch (0 = the reference's exact crop; pipeline.expanded_box).
     train_box_margin: float = 0.0
+    # The fraction of phase-2 crops that get that margin; the others are the exact box.
+    train_box_margin_prob: float = 1.0
     # Self-supervised pretraining on these images instead of the labelled training set
     # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.
     pretrain_data: str = ""

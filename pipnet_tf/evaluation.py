@@ -52,3 +52,18 @@ def prune_unused_prototypes(model: keras.Model, projection_dataset: tf.data.Data
         kernel[pruned, :] = 0.0
         model.classifier.kernel.assign(kernel)
     return [int(d) for d in pruned]
+
+
+def prune_weak_prototypes(model: keras.Model, fraction: float) -> dict:
+    """Zeroes the connections of prototypes whose largest weight is below `fraction` × the
+    mean of the classes' largest weights, keeping every class's strongest connection
+    (`metrics.weak_prototype_connections`; disabled prototypes' weights are kept). Returns
+    the number of zeroed weights and the prototypes left with no weight ("emptied")."""
+    kernel = model.classifier.kernel.numpy()
+    weak = metrics.weak_prototype_connections(kernel, fraction, model.disabled_prototypes)
+    had = metrics.effective_weights(kernel).max(axis=1) > 0.0
+    kernel[weak] = 0.0
+    model.classifier.kernel.assign(kernel)
+    emptied = had & ~(metrics.effective_weights(kernel).max(axis=1) > 0.0)
+    return {"fraction": float(fraction), "zeroed_weights": int(weak.sum()),
+            "emptied_prototypes": [int(d) for d in np.flatnonzero(emptied)]}

@@ -12,6 +12,8 @@ the paper's accuracies include abstentions of class-0 images as correct (BUILD_N
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 # Weights and contributions at or below this count as zero: global and local size,
@@ -113,6 +115,34 @@ def unused_prototypes(presence: np.ndarray, kernel: np.ndarray, top_k: int = 10,
     top = -np.sort(-presence, axis=0)[:k]  # (k, D)
     never = ~np.any(top > threshold, axis=0)
     return np.flatnonzero(relevant & never)
+
+
+def check_prune_fraction(fraction: float, name: str = "fraction") -> None:
+    """ValueError naming `name` unless 0 <= fraction < 1."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), received {fraction!r}.")
+
+
+def weak_prototype_connections(kernel: np.ndarray, fraction: float,
+                               disabled: Sequence[int] = ()) -> np.ndarray:
+    """(D, K) bool: the scoring-sheet entries to zero when pruning weak prototypes.
+
+    A prototype is weak when its largest weight is below `fraction` × the mean over classes
+    of each class's largest weight; all its connections are marked, except that every class
+    keeps its strongest one (a class is never left without a prototype). Disabled
+    prototypes are left out (never marked, no part in the maxima). kernel: (D, K) the
+    unmasked scoring sheet; fraction in [0, 1) (0: nothing is weak).
+    """
+    check_prune_fraction(fraction)
+    w = effective_weights(kernel)
+    w[list(disabled)] = 0.0
+    class_max = w.max(axis=0)  # (K,)
+    if not np.any(class_max > 0):
+        return np.zeros(w.shape, bool)
+    reference = fraction * class_max[class_max > 0].mean()
+    weak = w.max(axis=1) < reference  # (D,)
+    strongest = (w == class_max[None, :]) & (w > 0)
+    return weak[:, None] & (w > 0) & ~strongest
 
 
 def scoring_sheet(kernel: np.ndarray, class_names: list[str]) -> dict[str, list[list]]:

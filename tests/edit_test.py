@@ -412,3 +412,35 @@ def test_disabling_every_prototype_of_a_class_warns_and_it_always_scores_zero(
     model = open_run(tmp_path / "run").model
     scores = model(_images(6).astype("float32"), training=False)["scores"].numpy()
     assert np.all(scores[:, 1] == 0.0)
+
+
+def test_pruning_weak_prototypes_keeps_each_class_strongest_connection(trained_run, tmp_path):
+    from pipnet_tf.runs import open_run
+    from trainers.edit import edit_run
+
+    source = open_run(trained_run)
+    raw = source.model.classifier.kernel.numpy()
+    w = np.maximum(raw, 0)  # (D, K)
+    disabled = [int(np.argmax(w[:, 0]))]  # class 0's strongest: kept, never pruned
+    result = edit_run(trained_run, tmp_path / "run", disable=disabled,
+                      prune_weak_prototypes=0.95, verbose=0)
+    # NumPy: prototypes (enabled) whose largest weight is below 0.95 × the mean class maximum.
+    enabled = w.copy()
+    enabled[disabled] = 0.0
+    class_max = enabled.max(axis=0)
+    weak_rows = enabled.max(axis=1) < 0.95 * class_max.mean()
+    weak = weak_rows[:, None] & (enabled > 0) & (enabled < class_max[None, :])
+    assert weak.sum() > 0  # the fixture's sheet has weak prototypes, so this tests something
+    after = np.where(weak, 0.0, enabled)
+    emptied = np.flatnonzero((enabled.max(axis=1) > 0) & (after.max(axis=1) == 0))
+    assert result["pruned_weak_prototypes"] == {
+        "fraction": 0.95, "zeroed_weights": int(weak.sum()),
+        "emptied_prototypes": [int(d) for d in emptied]}
+
+    edited = open_run(tmp_path / "run")
+    kernel = edited.model.classifier.kernel.numpy()
+    np.testing.assert_array_equal(kernel, np.where(weak, 0.0, raw))
+    assert np.all(kernel[disabled] == raw[disabled])  # a disabled prototype keeps its weights
+    np.testing.assert_array_equal(edited.model.enabled_kernel().max(axis=0), class_max)
+    assert result["global_size"] == int(np.sum(after.max(axis=1) > 1e-3))
+    assert edited.config.edits[-1]["pruned_weak_prototypes"]["zeroed_weights"] == weak.sum()

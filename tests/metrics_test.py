@@ -1,5 +1,6 @@
 """SPEC §4 metrics on hand-computed tiny arrays."""
 import numpy as np
+import pytest
 
 from pipnet_tf import metrics
 
@@ -55,6 +56,31 @@ def test_unused_prototypes_and_scoring_sheet():
     np.testing.assert_array_equal(metrics.unused_prototypes(presence, w), [1, 3])
     sheet = metrics.scoring_sheet(w, ["a", "b"])
     assert sheet == {"a": [[0, 1.0], [1, 0.5], [3, 0.3]], "b": [[1, 0.2]]}
+
+
+def test_weak_prototypes_fall_below_a_fraction_of_the_mean_class_maximum():
+    w = np.array([[4.0, 0.5], [1.0, 0.2], [0.3, 2.0], [0.5, 0.4], [-1.0, 0.1]])
+    # Class maxima 4 and 2, mean 3. Prototype maxima 4, 1, 2, 0.5, 0.1.
+    # f = 0.3: below 0.9 are prototypes 3 and 4 (4's -1 is weightless under relu).
+    np.testing.assert_array_equal(metrics.weak_prototype_connections(w, 0.3),
+                                  [[0, 0], [0, 0], [0, 0], [1, 1], [0, 1]])
+    # f = 0.5: below 1.5 are prototypes 1, 3 and 4.
+    np.testing.assert_array_equal(metrics.weak_prototype_connections(w, 0.5),
+                                  [[0, 0], [1, 1], [0, 0], [1, 1], [0, 1]])
+    # Prototype 0 disabled: class maxima 1 and 2, mean 1.5, f = 0.5 → below 0.75: 3 and 4;
+    # the disabled row is never marked.
+    np.testing.assert_array_equal(metrics.weak_prototype_connections(w, 0.5, disabled=[0]),
+                                  [[0, 0], [0, 0], [0, 0], [1, 1], [0, 1]])
+    assert not metrics.weak_prototype_connections(w, 0.0).any()
+    # A class whose strongest prototype is weak keeps that one connection: class maxima 4
+    # and 0.5, mean 2.25, f = 0.5 → below 1.125: prototypes 1 and 2; 1 is class 1's best.
+    w2 = np.array([[4.0, 0.0], [0.0, 0.5], [1.0, 0.2]])
+    np.testing.assert_array_equal(metrics.weak_prototype_connections(w2, 0.5),
+                                  [[0, 0], [0, 0], [1, 1]])
+    assert not metrics.weak_prototype_connections(np.zeros((3, 2)), 0.5).any()
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+            metrics.weak_prototype_connections(w, bad)
 
 
 def test_confusion_matrix_rows_true_columns_predicted():

@@ -154,6 +154,21 @@ def test_expanded_box_grows_each_side_within_the_margin():
     np.testing.assert_array_equal(edge.numpy(), [0, 0, 1, 1])  # clipped to the image
 
 
+def test_expanded_box_grows_only_the_given_fraction_of_draws():
+    box = np.array([0.4, 0.3, 0.6, 0.5], np.float32)
+    seeds = [tf.constant([s, 2], tf.int64) for s in range(400)]
+    never = [pipeline.expanded_box(tf.constant(box), s, 0.5, probability=0.0).numpy()
+             for s in seeds]
+    np.testing.assert_array_equal(never, np.tile(box, (400, 1)))
+    half = np.array([pipeline.expanded_box(tf.constant(box), s, 0.5, probability=0.5).numpy()
+                     for s in seeds])
+    grown = np.any(np.abs(half - box) > 1e-7, axis=1)
+    assert 0.4 < grown.mean() < 0.6  # binomial(400, 0.5): 0.4..0.6 is > 4.9 sigma
+    with pytest.raises(ValueError, match="box_margin_prob"):
+        pipeline.TwoViewSource(["a.png"], np.array([0]), AugmentConfig(16, 16, 16), 1, seed=0,
+                               boxes=box[None], box_margin=0.5, box_margin_prob=1.5)
+
+
 def test_box_margin_keeps_the_box_and_shows_surroundings(tmp_path):
     """A red box in a blue image: with a margin the crops still hold the red box but also
     some blue around it, at scales that change from epoch to epoch."""

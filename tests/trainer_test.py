@@ -190,8 +190,18 @@ def test_evaluate_measures_top1_on_the_images_the_trainer_tests_on(tmp_path):
     config = PRESETS["cub"].replace(
         data_dir=str(root), net="tiny_cnn", weights="none", precision="float32", image_size=16,
         epochs_pretrain=0, epochs=1, freeze_epochs=1, batch_size=2, batch_size_pretrain=2,
-        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path / "run"), export=False)
+        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path / "run"), export=False,
+        prune_weak_prototypes=0.9)
     metrics = run_training(config)
+    # --prune_weak_prototypes: a prototype left in the saved sheet has a largest weight
+    # ≥ 0.9 × the mean class maximum, or is a class's strongest connection.
+    assert metrics["pruned_weak_prototypes"]["fraction"] == 0.9
+    kernel = np.maximum(keras.saving.load_model(f"{config.log_dir}/model.keras")
+                        .classifier.kernel.numpy(), 0)
+    class_max = kernel.max(axis=0)
+    strong = kernel.max(axis=1) >= 0.9 * class_max.mean() - 1e-6
+    assert np.all((kernel == 0) | strong[:, None] | (kernel == class_max[None, :]))
+    assert metrics["global_size"] <= metrics["before_pruning"]["global_size"]
     result = evaluate_run(config.log_dir, verbose=0)
     assert result["test_images"] == "bounding-box crops"
     assert result["test"]["num_images"] == metrics["num_images"] == 6

@@ -54,10 +54,11 @@ def preset(dataset: str) -> TrainConfig:
 FROM_SCRATCH: dict = dict(
     weights="none",
     precision="float32",
-    image_size=128,
-    epochs=60,
+    image_size=224,
+    epochs=30,
     epochs_pretrain=10,
     train_box_margin=1.0,
+    train_box_margin_prob=0.5,
     shrink_per_epoch=0.045,
     freeze_epochs=10,
     batch_size=32,
@@ -66,6 +67,7 @@ FROM_SCRATCH: dict = dict(
     lr_block=5e-3,
     lr_net=5e-3,
     inter_op_threads=1,
+    prune_weak_prototypes=0.3,
 )
 FROM_SCRATCH_DATASETS = ("cub", "folder", "creatures")
 

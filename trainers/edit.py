@@ -4,6 +4,7 @@ scoring sheet, and write the result as a new run directory.
     python -m trainers.edit --model RUN --disable 12,57 [--enable 3] --out RUN2
     python -m trainers.edit --model RUN --disable 12 --retrain_classifier_epochs 5 \
         [--dataset NAME --data_dir DIR --batch_size B --lr LR] --out RUN2
+    python -m trainers.edit --model RUN --prune_weak_prototypes 0.3 --out RUN2
 
 A disabled prototype's presence is set to 0 before the scoring sheet (the mask is part of
 the saved model), so it adds nothing to any class score in Keras, evaluation, the report,
@@ -11,6 +12,9 @@ the SavedModel and TFLite. Its weights are kept (retraining leaves them alone), 
 `--enable` restores it. With `--retrain_classifier_epochs N` the scoring sheet alone is
 retrained for N epochs (the finetune stage's settings: 2·L_C, the run's `--lr`, cosine
 restarts, everything else frozen), then unused prototypes are pruned as after training.
+With `--prune_weak_prototypes F` (last) the prototypes whose largest weight is below F × the
+mean of the classes' largest weights are dropped (every class keeps its strongest
+connection), as the trainer's `--prune_weak_prototypes` does after training.
 
 RUN2 gets model.keras, config.json (RUN's, with this edit appended to `edits`: source
 run, disabled and enabled prototypes, retraining settings), class_names.txt,
@@ -96,7 +100,8 @@ def edit_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
              disable: list[int] = (), enable: list[int] = (), retrain_epochs: int = 0,
              dataset: str | None = None, data_dir: str | None = None,
              batch_size: int | None = None, lr: float | None = None,
-             export: bool | None = None, overwrite: bool = False, verbose: int = 1) -> dict:
+             export: bool | None = None, overwrite: bool = False, verbose: int = 1,
+             prune_weak_prototypes: float = 0.0) -> dict:
     """Writes the edited copy of RUN_DIR to OUT_DIR (atomically); returns its metrics.
 
     Everything is checked before anything is written: the paths, that RUN_DIR is a run,
@@ -109,9 +114,10 @@ def edit_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """
     started = time.time()
     run_dir, out_dir = pathlib.Path(run_dir), pathlib.Path(out_dir)
-    if not disable and not enable and retrain_epochs <= 0:
-        raise ValueError("Nothing to do: pass --disable, --enable and/or "
-                         "--retrain_classifier_epochs.")
+    if not disable and not enable and retrain_epochs <= 0 and not prune_weak_prototypes:
+        raise ValueError("Nothing to do: pass --disable, --enable, "
+                         "--retrain_classifier_epochs and/or --prune_weak_prototypes.")
+    metrics.check_prune_fraction(prune_weak_prototypes, "--prune_weak_prototypes")
     if retrain_epochs < 0:
         raise ValueError(f"--retrain_classifier_epochs must be >= 0, received {retrain_epochs}.")
     check_paths(run_dir, out_dir, overwrite)
@@ -150,6 +156,8 @@ def edit_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
             retrain_classifier(model, data, retrain_epochs, config, tmp / RETRAIN_DIR, verbose)
             pruned = evaluation.prune_unused_prototypes(model,
                                                         data.project.dataset(config.batch_size))
+        weak = (evaluation.prune_weak_prototypes(model, prune_weak_prototypes)
+                if prune_weak_prototypes else None)
         test = data.test.dataset(config.batch_size)
         results = {
             **evaluation.evaluate(model, test),
@@ -158,6 +166,7 @@ def edit_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
             "abstaining_classes": abstaining,
             "retrained_classifier_epochs": int(retrain_epochs),
             "pruned_prototypes": pruned,
+            "pruned_weak_prototypes": weak,
             "num_classes": len(run.class_names),
             "num_prototypes": model.num_features,
             "source_run": str(run.run_dir.resolve()),
@@ -173,6 +182,7 @@ def edit_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 "epochs": int(retrain_epochs), "dataset": config.dataset,
                 "data_dir": config.data_dir, "batch_size": config.batch_size, "lr": config.lr,
                 "seed": config.seed, "pruned_prototypes": pruned},
+            "pruned_weak_prototypes": weak,
         }
         config = config.replace(edits=[*run.config.edits, entry])
         model.save(str(tmp / MODEL_FILE))
@@ -203,6 +213,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--enable", default="", help="disabled prototype ids to enable again")
     parser.add_argument("--retrain_classifier_epochs", type=int, default=0,
                         help="retrain only the scoring sheet for this many epochs")
+    parser.add_argument("--prune_weak_prototypes", type=float, default=0.0,
+                        help="drop the prototypes whose largest weight is below this fraction "
+                        "of the mean of the classes' largest weights (last, after any "
+                        "retraining)")
     parser.add_argument("--dataset", help="dataset for retraining and metrics (default: "
                         "the run's)")
     parser.add_argument("--data_dir", help="where that dataset lies (default: the run's)")
@@ -224,7 +238,7 @@ def main(args: argparse.Namespace) -> None:
              editing.parse_ids(args.enable, "--enable"), args.retrain_classifier_epochs,
              args.dataset, args.data_dir, args.batch_size, args.lr,
              export=False if args.no_export else None, overwrite=args.overwrite,
-             verbose=args.verbose)
+             verbose=args.verbose, prune_weak_prototypes=args.prune_weak_prototypes)
 
 
 if __name__ == "__main__":

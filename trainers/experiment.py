@@ -126,6 +126,7 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     phases.check_classification_epochs(config.epochs)  # before anything is written
     run_dir = pathlib.Path(config.log_dir)
     check_fast_cpu_ops(config.fast_cpu_ops)
+    metrics.check_prune_fraction(config.prune_weak_prototypes, "--prune_weak_prototypes")
     check_same_architecture(run_dir, config)
     strategy = make_strategy(config.strategy)  # first: before TensorFlow's runtime starts
     if config.deterministic:
@@ -185,10 +186,17 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
 
     before = evaluation.evaluate(model, data.test.dataset(config.batch_size))
     pruned = evaluation.prune_unused_prototypes(model, data.project.dataset(config.batch_size))
+    weak = None
+    if config.prune_weak_prototypes > 0:
+        weak = evaluation.prune_weak_prototypes(model, config.prune_weak_prototypes)
+        logging.info("Pruned weak prototypes (largest weight < %.2f of the mean class "
+                     "maximum): %d weights zeroed, prototypes dropped: %s", weak["fraction"],
+                     weak["zeroed_weights"], weak["emptied_prototypes"] or "none")
     after = evaluation.evaluate(model, data.test.dataset(config.batch_size))
     results = {
         **after,
         "pruned_prototypes": pruned,
+        "pruned_weak_prototypes": weak,
         "before_pruning": before,
         "num_classes": len(data.class_names),
         "num_prototypes": model.num_features,

@@ -65,6 +65,10 @@ _FIELD_FLAGS = {
     "shrink": (flags.DEFINE_float, "Per-step shrinkage of the scoring sheet."),
     "shrink_per_epoch": (flags.DEFINE_float, "> 0: the per-step shrinkage is this divided by "
                          "the phase-2 steps per epoch (overrides --shrink)."),
+    "prune_weak_prototypes": (flags.DEFINE_float, "After training, drop the prototypes whose "
+                              "largest weight is below this fraction of the mean of the "
+                              "classes' largest weights; every class keeps its strongest "
+                              "connection (0: off, the reference)."),
     "seed": (flags.DEFINE_integer, "Random seed."),
     "precision": (flags.DEFINE_string, "auto | float32 | mixed_bfloat16 | mixed_float16 "
                   "(auto: bf16 on GPUs that have it and AVX512_BF16/AMX CPUs, float16 with "
@@ -94,6 +98,8 @@ _FIELD_FLAGS = {
                       "the classification phases."),
     "train_box_margin": (flags.DEFINE_float, "Grow phase-2 bounding-box crops by up to this "
                          "fraction of the box per side, anew each epoch (0: exact crops)."),
+    "train_box_margin_prob": (flags.DEFINE_float, "The fraction of phase-2 crops that get "
+                              "--train_box_margin; the others are the exact box."),
     "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
                            "(net_pretrained, net_trained, …) to start from; with "
                            "--epochs_pretrain=0 training continues from its prototypes."),

@@ -250,7 +250,8 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
         train=pipeline.TwoViewSource(
             train.paths, train.labels, train_aug, config.batch_size, config.seed + 1,
             cache=cache, boxes=boxes(train, train_sizes, policy.crop_train),
-            box_margin=config.train_box_margin) if training else None,
+            box_margin=config.train_box_margin,
+            box_margin_prob=config.train_box_margin_prob) if training else None,
         test=test_set,
         test_full=test_full,
         project=_image_set(train, train_sizes, train_originals, policy.crop_project, size,

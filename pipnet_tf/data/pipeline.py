@@ -88,10 +88,14 @@ def _validated(paths: Sequence[str], labels: np.ndarray,
     return paths, labels.astype(np.int32)
 
 
-def expanded_box(box: tf.Tensor, seed: tf.Tensor, margin: float) -> tf.Tensor:
+def expanded_box(box: tf.Tensor, seed: tf.Tensor, margin: float,
+                 probability: float = 1.0) -> tf.Tensor:
     """`box` (y0, x0, y1, x1 fractions) grown on each side by U(0, margin) times its own
-    height or width (independently per side), clipped to the image."""
-    u = tf.random.stateless_uniform((4,), seed, 0.0, margin)
+    height or width (independently per side), clipped to the image; with `probability`
+    < 1 only that fraction of draws is grown, the others return `box` itself."""
+    u = tf.random.stateless_uniform((5,), seed, 0.0, 1.0)
+    grow = tf.cast(u[4] < probability, tf.float32)
+    u = u[:4] * (margin * grow)
     h, w = box[2] - box[0], box[3] - box[1]
     grown = box + tf.stack([-u[0] * h, -u[1] * w, u[2] * h, u[3] * w])
     return tf.clip_by_value(grown, 0.0, 1.0)
@@ -136,12 +140,15 @@ class TwoViewSource:
         show the object at several scales with some of its surroundings. The whole
         images are then cached at 2R and cropped per element. 0 crops the box exactly
         (SPEC §5).
+      box_margin_prob: the fraction of those crops that are grown; the rest are the
+        exact box (the scale the test crops have).
     """
 
     def __init__(self, paths: Sequence[str], labels: np.ndarray, config: AugmentConfig,
                  batch_size: int, seed: int, shuffle: bool = True,
                  drop_remainder: bool = True, cache: bool = True,
-                 boxes: np.ndarray | None = None, box_margin: float = 0.0):
+                 boxes: np.ndarray | None = None, box_margin: float = 0.0,
+                 box_margin_prob: float = 1.0):
         paths, labels = _validated(paths, labels, batch_size)
         if drop_remainder and batch_size > len(paths):
             raise ValueError(f"batch_size={batch_size!r} is larger than the dataset "
@@ -155,6 +162,9 @@ class TwoViewSource:
         self.drop_remainder = bool(drop_remainder)
         self.num_examples = len(paths)
         self.box_margin = float(box_margin) if boxes is not None else 0.0
+        if not 0.0 <= box_margin_prob <= 1.0:
+            raise ValueError(f"box_margin_prob must be in [0, 1], received {box_margin_prob!r}")
+        self.box_margin_prob = float(box_margin_prob)
         if self.box_margin > 0:  # cache whole images, crop a random grown box per element
             images = tf.data.Dataset.zip((_images(paths, 2 * config.resize_size, None),
                                           tf.data.Dataset.from_tensor_slices(
@@ -219,7 +229,7 @@ class TwoViewSource:
             ds = ds.skip(skip_batches * self.batch_size)
         if num_shards > 1:
             ds = ds.shard(num_shards, shard_index)
-        config, margin = self.config, self.box_margin
+        config, margin, margin_prob = self.config, self.box_margin, self.box_margin_prob
 
         # The augmentation has no Python control flow on tensors; skipping AutoGraph
         # conversion cuts the tracing time from ~2.5 s to ~0.5 s.
@@ -228,8 +238,9 @@ class TwoViewSource:
             if margin > 0:
                 image, box = image
                 box_key, key = tf.unstack(tf.random.split(key, 2))
+                grown = expanded_box(box, box_key, margin, margin_prob)
                 image = tf.image.resize(
-                    crop_fraction(tf.cast(image, tf.float32), expanded_box(box, box_key, margin)),
+                    crop_fraction(tf.cast(image, tf.float32), grown),
                     (config.resize_size, config.resize_size), "bilinear", antialias=True)
             view1, view2 = two_view_augment(tf.cast(image, tf.float32), key, config)
             return view1, view2, label
