@@ -374,6 +374,8 @@ def test_edit_errors_exit_2_and_write_nothing(trained_run, tmp_path, caplog):
         (["--model", str(trained_run), "--disable", "three"], "--disable takes"),
         (["--model", str(trained_run), "--enable", "3", "--disable", "3"], "both in"),
         (["--model", str(trained_run)], "Nothing to do"),
+        (["--model", str(trained_run), "--prune_weak_prototypes", "1.5"],
+         "--prune_weak_prototypes must be in [0, 1)"),
     ]
     for args, message in cases:
         caplog.clear()
