@@ -60,7 +60,7 @@ def prune_weak_prototypes(model: keras.Model, fraction: float) -> dict:
     (`metrics.weak_prototype_connections`; disabled prototypes' weights are kept). Returns
     the number of zeroed weights and the prototypes left with no weight ("emptied")."""
     kernel = model.classifier.kernel.numpy()
-    weak = metrics.weak_prototype_connections(kernel, fraction, model.disabled_prototypes)
+    weak = metrics.weak_prototype_connections(model.enabled_kernel(), fraction)
     had = metrics.effective_weights(kernel).max(axis=1) > 0.0
     kernel[weak] = 0.0
     model.classifier.kernel.assign(kernel)

@@ -12,8 +12,6 @@ the paper's accuracies include abstentions of class-0 images as correct (BUILD_N
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 # Weights and contributions at or below this count as zero: global and local size,
@@ -123,19 +121,17 @@ def check_prune_fraction(fraction: float, name: str = "fraction") -> None:
         raise ValueError(f"{name} must be in [0, 1), received {fraction!r}.")
 
 
-def weak_prototype_connections(kernel: np.ndarray, fraction: float,
-                               disabled: Sequence[int] = ()) -> np.ndarray:
+def weak_prototype_connections(kernel: np.ndarray, fraction: float) -> np.ndarray:
     """(D, K) bool: the scoring-sheet entries to zero when pruning weak prototypes.
 
     A prototype is weak when its largest weight is below `fraction` × the mean over classes
     of each class's largest weight; all its connections are marked, except that every class
-    keeps its strongest one (a class is never left without a prototype). Disabled
-    prototypes are left out (never marked, no part in the maxima). kernel: (D, K) the
-    unmasked scoring sheet; fraction in [0, 1) (0: nothing is weak).
+    keeps its strongest one (a class is never left without a prototype). kernel: (D, K)
+    the scoring sheet with disabled prototypes' rows zero (`PIPNet.enabled_kernel`), so they
+    are never marked and take no part in the maxima; fraction in [0, 1) (0: nothing is weak).
     """
     check_prune_fraction(fraction)
     w = effective_weights(kernel)
-    w[list(disabled)] = 0.0
     class_max = w.max(axis=0)  # (K,)
     if not np.any(class_max > 0):
         return np.zeros(w.shape, bool)

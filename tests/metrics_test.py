@@ -69,7 +69,8 @@ def test_weak_prototypes_fall_below_a_fraction_of_the_mean_class_maximum():
                                   [[0, 0], [1, 1], [0, 0], [1, 1], [0, 1]])
     # Prototype 0 disabled: class maxima 1 and 2, mean 1.5, f = 0.5 → below 0.75: 3 and 4;
     # the disabled row is never marked.
-    np.testing.assert_array_equal(metrics.weak_prototype_connections(w, 0.5, disabled=[0]),
+    disabled = np.where(np.arange(5)[:, None] == 0, 0.0, w)  # an enabled_kernel()
+    np.testing.assert_array_equal(metrics.weak_prototype_connections(disabled, 0.5),
                                   [[0, 0], [0, 0], [0, 0], [1, 1], [0, 1]])
     assert not metrics.weak_prototype_connections(w, 0.0).any()
     # A class whose strongest prototype is weak keeps that one connection: class maxima 4
