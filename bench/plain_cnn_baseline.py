@@ -25,6 +25,7 @@ flags.DEFINE_string("weights", "none", "backbone weights")
 flags.DEFINE_integer("image_size", 0, "0: the recipe's size")
 flags.DEFINE_integer("epochs", 0, "0: the recipe's phase-2 + pretraining epochs")
 flags.DEFINE_integer("batch_size", 32, "batch size")
+flags.DEFINE_integer("backbone_depth", 0, "tiny_cnn's last-stage 3x3 convs (0: the recipe's)")
 flags.DEFINE_float("train_box_margin", None, "crop margin (default: the recipe's)")
 flags.DEFINE_float("lr", 1e-3, "Adam learning rate")
 flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay")
@@ -45,6 +46,7 @@ def main(argv):
         "data_dir": FLAGS.data_dir, "net": FLAGS.net, "weights": FLAGS.weights,
         "seed": FLAGS.seed, "cache_dir": FLAGS.cache_dir, "batch_size": FLAGS.batch_size,
         **({"image_size": FLAGS.image_size} if FLAGS.image_size else {}),
+        **({"backbone_depth": FLAGS.backbone_depth} if FLAGS.backbone_depth else {}),
         **({"train_box_margin": FLAGS.train_box_margin}
            if FLAGS.train_box_margin is not None else {})})
     keras.utils.set_random_seed(config.seed)
@@ -63,6 +65,7 @@ def main(argv):
     test = model.evaluate(data.test.dataset(64), return_dict=True, verbose=0)
     print(json.dumps({"dataset": config.dataset, "net": config.net,
                       "image_size": config.image_size, "epochs": epochs,
+                      **config.backbone_options(),
                       "train_box_margin": config.train_box_margin,
                       "train_top1": round(float(history.history["accuracy"][-1]), 4),
                       "test_top1": round(float(test["accuracy"]), 4),

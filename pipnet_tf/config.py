@@ -22,6 +22,7 @@ class TrainConfig:
     image_size: int = 224
     num_features: int = 0
     backbone_width: int = 0  # tiny_cnn's stem channels (4x = its prototypes); 0: default
+    backbone_depth: int = 0  # tiny_cnn's 3x3 convs in its last stage; 0: default (1)
     epochs: int = 60
     epochs_pretrain: int = 10
     freeze_epochs: int = 10
@@ -78,6 +79,9 @@ class TrainConfig:
     train_box_margin: float = 0.0
     # The fraction of phase-2 crops that get that margin; the others are the exact box.
     train_box_margin_prob: float = 1.0
+    # Pretraining (phase 1) on bounding-box crops grown by up to this fraction of the box per
+    # side instead of the dataset's own choice (negative; CUB: full images, as the reference).
+    pretrain_box_margin: float = -1.0
     # Self-supervised pretraining on these images instead of the labelled training set
     # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.
     pretrain_data: str = ""
@@ -95,8 +99,10 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def backbone_options(self) -> dict:
-        """Keyword options of `build_backbone` that this config sets (tiny_cnn's width)."""
-        return {"width": self.backbone_width} if self.backbone_width else {}
+        """Keyword options of `build_backbone` that this config sets (tiny_cnn's width and
+        depth)."""
+        options = {"width": self.backbone_width, "depth": self.backbone_depth}
+        return {name: value for name, value in options.items() if value}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

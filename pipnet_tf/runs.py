@@ -28,7 +28,8 @@ SCORING_SHEET_FILE = "scoring_sheet.json"
 CHECKPOINT_DIR = "checkpoints"
 # TrainConfig fields that change the model's variables or config: a run directory holding
 # a model or checkpoints is only resumed with the same values.
-ARCHITECTURE_FIELDS = ("net", "image_size", "num_features", "bias")
+ARCHITECTURE_FIELDS = ("net", "image_size", "num_features", "bias", "backbone_width",
+                       "backbone_depth")
 
 
 class RunDirectoryError(ValueError):

@@ -388,3 +388,38 @@ def test_resnet_imagenet_weights_come_from_the_keras_cache(monkeypatch, tmp_path
     model = build_backbone("resnet50", SIZE, weights="imagenet")
     np.testing.assert_array_equal(model.get_layer("bn1").moving_variance.numpy(),
                                   state_dict["bn1.running_var"])
+
+
+def _receptive_field(backbone, size: int, cell: int) -> tuple[int, int, float]:
+    """(first, last) input column the output cell (cell, cell) depends on, and the centre
+    of that span in continuous pixel coordinates."""
+    images = tf.random.stateless_uniform((1, size, size, 3), (1, 2), 0.0, 255.0)
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        out = backbone(images, training=False)[0, cell, cell]
+        total = tf.reduce_sum(out * tf.range(1.0, out.shape[-1] + 1.0))
+    gradient = tf.reduce_sum(tf.abs(tape.gradient(total, images))[0], axis=(0, 2)).numpy()
+    columns = np.flatnonzero(gradient > 0)
+    return int(columns[0]), int(columns[-1]), (columns[0] + columns[-1] + 1) / 2
+
+
+@pytest.mark.parametrize("depth,field", [(1, 38), (3, 70)])
+def test_tiny_cnn_depth_widens_the_receptive_field_around_the_same_centre(depth, field):
+    backbone = build_backbone("tiny_cnn", 128, seed=3, depth=depth)
+    assert backbone.output_shape == (None, 16, 16, 64)
+    first, last, centre = _receptive_field(backbone, 128, 8)
+    assert last - first + 1 == field
+    assert centre == 8 * 8 + 4  # what StridePatchRule(8, 4) declares, whatever the depth
+    convs = [layer.name for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 6 + depth
+    assert [layer.name for layer in backbone.layer_groups["train"]
+            if isinstance(layer, keras.layers.Conv2D)] == convs[6:]  # the last stage's 3x3s
+    restored = type(backbone).from_config(backbone.get_config())
+    assert restored.depth == depth and len(restored.weights) == len(backbone.weights)
+
+
+def test_backbone_options_are_checked():
+    with pytest.raises(ValueError, match="at least 1"):
+        build_backbone("tiny_cnn", SIZE, depth=0)
+    with pytest.raises(ValueError, match="--net=convnext_tiny_13 has no --backbone_depth"):
+        build_backbone("convnext_tiny_13", SIZE, depth=2)

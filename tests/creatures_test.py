@@ -128,3 +128,6 @@ def test_backbone_width_reaches_the_trainers_model():
     config = TrainConfig(net="tiny_cnn", weights="none", image_size=32, backbone_width=6)
     assert config.backbone_options() == {"width": 6}
     assert build_model(config, num_classes=3).num_features == 4 * 6  # tiny_cnn: 4x its stem
+    deeper = config.replace(backbone_depth=2)
+    assert deeper.backbone_options() == {"width": 6, "depth": 2}
+    assert build_model(deeper, num_classes=3).backbone.depth == 2

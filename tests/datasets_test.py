@@ -287,3 +287,51 @@ def test_cars_devkit_real_mat_files(tmp_path):
     assert source.train.labels.tolist() == [1, 0] and source.test.labels.tolist() == [0]
     np.testing.assert_array_equal(source.train.bboxes[0], [0, 1, 10, 19])
     assert source.test.paths[0].endswith("cars_test/00001.jpg")
+
+
+def test_pretrain_box_margin_pretrains_on_grown_bounding_box_crops(tmp_path, monkeypatch):
+    root = _write_cub(tmp_path / "data")
+    calls = {}
+    real = pipeline.TwoViewSource
+
+    def spy(paths, labels, config, batch_size, seed, **kwargs):
+        calls[seed] = kwargs
+        return real(paths, labels, config, batch_size, seed, **kwargs)
+
+    monkeypatch.setattr(datasets.pipeline, "TwoViewSource", spy)
+    config = PRESETS["cub"].replace(data_dir=str(root), image_size=16, batch_size=2,
+                                    batch_size_pretrain=2, cache_dir=str(tmp_path / "cache"),
+                                    pretrain_box_margin=0.0)
+    data = datasets.build_data(config)
+    pre, train = calls[config.seed], calls[config.seed + 1]
+    np.testing.assert_array_equal(pre["boxes"], train["boxes"])  # the same object boxes
+    assert pre["box_margin"] == 0.0
+    # Margin 0: the exact box, which is all red, whatever the augmentation's geometry.
+    view1, view2, _ = next(iter(data.pretrain.epochs(0, 1)))
+    assert view1.shape == (2, 16, 16, 3)
+    assert data.pretrain.box_margin == 0.0
+
+    datasets.build_data(config.replace(pretrain_box_margin=0.5))
+    assert calls[config.seed]["box_margin"] == 0.5 and calls[config.seed]["boxes"] is not None
+    datasets.build_data(config.replace(pretrain_box_margin=-1.0))  # CUB's choice: full images
+    assert calls[config.seed]["boxes"] is None
+
+
+def test_pretrain_box_margin_without_boxes_names_the_flag(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            for i in range(2):
+                _save(tmp_path / "tree" / split / cls / f"{i}.png", _tiny(rng))
+    config = PRESETS["cub"].replace(dataset=f"folder:{tmp_path / 'tree'}", image_size=16,
+                                    batch_size=2, batch_size_pretrain=2,
+                                    cache_dir=str(tmp_path / "cache"), pretrain_box_margin=0.5)
+    with pytest.raises(ValueError, match="--pretrain_box_margin=0.5 needs bounding boxes"):
+        datasets.build_data(config)
+    cub = _write_cub(tmp_path / "data")
+    unlabeled = tmp_path / "unlabeled"
+    _save(unlabeled / "x.png", _tiny(rng))
+    _save(unlabeled / "y.png", _tiny(rng))
+    with pytest.raises(ValueError, match="--pretrain_data=folder:.* images have none"):
+        datasets.build_data(config.replace(dataset="cub", data_dir=str(cub),
+                                           pretrain_data=f"folder:{unlabeled}"))

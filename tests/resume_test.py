@@ -131,6 +131,7 @@ def _snapshot(run_dir) -> dict[str, bytes]:
     (dict(num_features=32), "--num_features=32 (the run has 0)"),
     (dict(net="convnext_tiny_13", image_size=64),
      "--net='convnext_tiny_13' (the run has 'tiny_cnn'), --image_size=64 (the run has 32)"),
+    (dict(backbone_depth=2), "--backbone_depth=2 (the run has 0)"),
 ])
 def test_architecture_changing_flags_are_refused_before_anything_is_written(
         finished_run, changes, named):

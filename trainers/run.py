@@ -46,6 +46,8 @@ _FIELD_FLAGS = {
     "num_features": (flags.DEFINE_integer, "Prototypes D; 0 = the backbone's channels."),
     "backbone_width": (flags.DEFINE_integer, "tiny_cnn's stem channels (it has 4x as many "
                        "prototypes); 0 = its default (16)."),
+    "backbone_depth": (flags.DEFINE_integer, "tiny_cnn's 3x3 convs in its last stage (each "
+                       "extra one widens the receptive field by 16 px); 0 = its default (1)."),
     "epochs": (flags.DEFINE_integer, "Epochs of the second (classification) phase, all of "
                "its stages together: finetune + frozen + full (>= 1)."),
     "epochs_pretrain": (flags.DEFINE_integer, "Epochs of prototype pretraining (phase 1: "
@@ -100,6 +102,9 @@ _FIELD_FLAGS = {
                          "fraction of the box per side, anew each epoch (0: exact crops)."),
     "train_box_margin_prob": (flags.DEFINE_float, "The fraction of phase-2 crops that get "
                               "--train_box_margin; the others are the exact box."),
+    "pretrain_box_margin": (flags.DEFINE_float, "Pretrain on bounding-box crops grown by up "
+                            "to this fraction of the box per side (negative: the dataset's "
+                            "choice; CUB pretrains on full images)."),
     "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
                            "(net_pretrained, net_trained, …) to start from; with "
                            "--epochs_pretrain=0 training continues from its prototypes."),

@@ -48,7 +48,8 @@ def build_backbone(
         fast_cpu_ops: "auto" | "on" | "off", where the CPU-specialised kernels of
             `cpu_fast_ops` run (ConvNeXt; tiny_cnn and ResNet have none, so for them
             the value changes nothing).
-        **options: the backbone's own settings (tiny_cnn: `width`).
+        **options: the backbone's own settings (tiny_cnn: `width`, `depth`); ValueError
+            for one the backbone does not take.
     """
     from pipnet_tf.backbones.cpu_fast_ops import check_fast_cpu_ops
 
@@ -58,6 +59,10 @@ def build_backbone(
             f"Unknown backbone (--net) {name!r}; available: {', '.join(available_backbones())}."
         )
     builder = _REGISTRY[name]
+    unknown = sorted(set(options) - set(inspect.signature(builder).parameters))
+    if unknown:
+        raise ValueError(f"--net={name} has no {', '.join('--backbone_' + o for o in unknown)} "
+                         "option; only tiny_cnn takes --backbone_width and --backbone_depth.")
     extra = {}
     if "fast_cpu_ops" in inspect.signature(builder).parameters:
         extra["fast_cpu_ops"] = fast_cpu_ops

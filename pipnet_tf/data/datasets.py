@@ -136,6 +136,25 @@ def _usable(records: ImageRecords, cache_dir: str, what: str
     return kept, prepared.sizes[keep], originals
 
 
+def _crop_pretrain(config: TrainConfig, policy: registry.DatasetPolicy,
+                   records: ImageRecords, origin: str) -> bool:
+    """Whether pretraining uses bounding-box crops: the dataset's choice, or, with
+    `--pretrain_box_margin` >= 0, always (images without a box keep the whole image, as in
+    phase 2; ValueError when no image has one)."""
+    margin = config.pretrain_box_margin
+    if margin < 0:
+        return policy.crop_pretrain and not config.pretrain_data
+    if config.pretrain_data:
+        raise ValueError(f"--pretrain_box_margin={margin} crops the pretraining images to "
+                         f"their bounding boxes, but --pretrain_data={config.pretrain_data} "
+                         "images have none; leave --pretrain_box_margin negative.")
+    if records.bboxes is None or not np.isfinite(records.bboxes).all(axis=1).any():
+        raise ValueError(f"--pretrain_box_margin={margin} needs bounding boxes, and the "
+                         f"dataset at {origin} has none (CUB layout: bounding_boxes.txt); "
+                         "leave it negative.")
+    return True
+
+
 def _image_set(records: ImageRecords, sizes: np.ndarray, originals: list[str], crop: bool,
                image_size: int, cache: bool) -> ImageSet:
     bboxes = records.bboxes if crop else None
@@ -231,6 +250,7 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
             return None
         return geometry.normalized_boxes(geometry.crop_boxes(records.bboxes, sizes), sizes)
 
+    crop_pretrain = _crop_pretrain(config, policy, pretrain_records, source.origin)
     size, cache = config.image_size, config.cache_images and training
     pretrain_aug = augment.AugmentConfig.for_image_size(size, policy.pretrain_augment)
     train_aug = augment.AugmentConfig.for_image_size(size, policy.augment)
@@ -244,9 +264,8 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
         pretrain=pipeline.TwoViewSource(
             pretrain_records.paths, pretrain_records.labels, pretrain_aug,
             config.batch_size_pretrain, config.seed, cache=cache,
-            boxes=boxes(pretrain_records, pretrain_sizes,
-                        policy.crop_pretrain and not config.pretrain_data))
-        if training else None,
+            boxes=boxes(pretrain_records, pretrain_sizes, crop_pretrain),
+            box_margin=max(config.pretrain_box_margin, 0.0)) if training else None,
         train=pipeline.TwoViewSource(
             train.paths, train.labels, train_aug, config.batch_size, config.seed + 1,
             cache=cache, boxes=boxes(train, train_sizes, policy.crop_train),
