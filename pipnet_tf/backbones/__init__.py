@@ -59,12 +59,13 @@ def build_backbone(
             f"Unknown backbone (--net) {name!r}; available: {', '.join(available_backbones())}."
         )
     builder = _REGISTRY[name]
-    unknown = sorted(set(options) - set(inspect.signature(builder).parameters))
+    parameters = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - set(parameters))
     if unknown:
         raise ValueError(f"--net={name} has no {', '.join('--backbone_' + o for o in unknown)} "
                          "option; only tiny_cnn takes --backbone_width and --backbone_depth.")
     extra = {}
-    if "fast_cpu_ops" in inspect.signature(builder).parameters:
+    if "fast_cpu_ops" in parameters:
         extra["fast_cpu_ops"] = fast_cpu_ops
     return builder(image_size=image_size, weights=weights, seed=seed, **options, **extra)
 
