@@ -14,7 +14,7 @@ from pipnet_tf.checkpoint import Progress
 
 class PhaseSchedule(keras.callbacks.Callback):
     """At each epoch start: sets (λ_A, λ_T, λ_C) of the plan (pretraining ramps λ_A
-    as e/E) and applies the reference's extra `W <- max(W - shrink, 0)` at phase-2
+    as e/E, and the background loss's λ_B with it) and applies the reference's extra `W <- max(W - shrink, 0)` at phase-2
     epochs that are multiples of 30 and at the last epoch.
 
     `resumed_epoch`: an epoch resumed from a mid-epoch checkpoint, whose start (and
@@ -31,6 +31,7 @@ class PhaseSchedule(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         stage = phases.stage_at(self.plan, epoch)
         self.model.set_loss_weights(*phases.loss_weights_for_epoch(stage, epoch))
+        self.model.scale_background_loss(phases.background_scale_for_epoch(stage, epoch))
         if epoch in self.shrink_epochs and epoch != self.resumed_epoch:
             self.model.classifier.shrink_weights()
 
@@ -39,7 +40,7 @@ class NaNGuard(keras.callbacks.Callback):
     """Stops training with a clear error as soon as a loss term is NaN or infinite,
     before a checkpoint of the broken state can be written."""
 
-    KEYS = ("loss", "L_A", "L_T", "L_C")
+    KEYS = ("loss", "L_A", "L_T", "L_C", "L_B")
 
     def __init__(self):
         super().__init__()

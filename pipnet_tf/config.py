@@ -82,6 +82,10 @@ class TrainConfig:
     # Pretraining (phase 1) on bounding-box crops grown by up to this fraction of the box per
     # side instead of the dataset's own choice (negative; CUB: full images, as the reference).
     pretrain_box_margin: float = -1.0
+    # λ_B of the background loss (ours; losses.background_loss): the prototypes the scoring
+    # sheet uses are kept from firing outside the object's bounding box, in every phase
+    # whose images have boxes (0 = off, the reference).
+    background_loss: float = 0.0
     # Self-supervised pretraining on these images instead of the labelled training set
     # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.
     pretrain_data: str = ""

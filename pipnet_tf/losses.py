@@ -98,3 +98,38 @@ def classification_loss(
         labels=tf.cast(labels, tf.int32), logits=logits
     )
     return _mean(nll, num_examples)
+
+
+def background_loss(
+    features: tf.Tensor,
+    outside: tf.Tensor,
+    importance: tf.Tensor,
+    num_images: tf.Tensor | float | None = None,
+) -> tf.Tensor:
+    """Background loss L_B (ours, not in the paper): prototypes the scoring sheet relies
+    on should not be present outside the object.
+
+    `L_B = mean_b mean_d importance_d · max_hw(z[b, h, w, d] · outside[b, h, w])`: a
+    prototype's strongest match in the image's background, weighted by how much the
+    classifier uses it. Background cells stay free to go to prototypes the classifier
+    gives no weight (their importance is 0).
+
+    Args:
+        features: `(B, H, W, D)` softmax-normalised prototype maps.
+        outside: `(B, H, W)` in [0, 1], the fraction of each cell outside the object.
+        importance: `(D,)` >= 0 (no gradient flows into it), mean 1 for a plain average.
+        num_images: global B to divide by (default: this batch's B).
+    Returns:
+        scalar loss.
+    """
+    background = tf.reduce_max(features * outside[..., tf.newaxis], axis=(1, 2))  # (B, D)
+    weighted = tf.reduce_mean(background * tf.stop_gradient(importance), axis=-1)  # (B,)
+    return _mean(weighted, num_images)
+
+
+def classifier_importance(kernel: tf.Tensor) -> tf.Tensor:
+    """Each prototype's largest scoring-sheet weight relative to the mean of those:
+    kernel `(D, K)` -> `(D,)` >= 0 with mean 1 (all ones while every weight is <= 0)."""
+    largest = tf.reduce_max(tf.nn.relu(kernel), axis=-1)
+    mean = tf.reduce_mean(largest)
+    return tf.where(mean > 0, largest / tf.maximum(mean, 1e-12), tf.ones_like(largest))

@@ -12,6 +12,9 @@ forward, and the list is part of the model's config, so it survives saving and e
 
 Training (`fit`) takes batches `(view1, view2, label)` and runs the loss of the current
 phase, `λ_A·L_A + λ_T·L_T + λ_C·L_C` (SPEC §2), with one optimiser per parameter group.
+Batches `(view1, view2, label, mask1, mask2)` with object masks `(batch, S, S, 1)` add
+`λ_B·L_B` (`losses.background_loss`, ours; λ_B = `set_background_loss_weight`, 0 unless
+set).
 Reference: Nauta et al., "PIP-Net: Patch-Based Intuitive Prototypes for Interpretable
 Image Classification", CVPR 2023.
 
@@ -38,6 +41,7 @@ from pipnet_tf.patch_geometry import REFERENCE_RULE, PatchGeometry
 
 PRESENCE_THRESHOLD = 0.1  # inference: presence below this is ignored (SPEC §1)
 LOSS_NAMES = ("L_A", "L_T", "L_C")
+BACKGROUND_LOSS = "L_B"
 
 
 class _TrainingState:
@@ -117,11 +121,14 @@ class PIPNet(keras.Model):
         )
         self._trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ("loss", *LOSS_NAMES, "accuracy", "num_present")
+            for name in ("loss", *LOSS_NAMES, BACKGROUND_LOSS, "accuracy", "num_present")
         }
         # λ_A, λ_T, λ_C of the current phase; a variable so that a per-epoch ramp does
         # not retrace the train function. Not a model weight.
         self.loss_weights = tf.Variable([5.0, 2.0, 2.0], trainable=False, name="loss_weights")
+        # λ_B of the background loss, applied to batches that carry object masks.
+        self.background_loss_weight = tf.Variable(0.0, trainable=False,
+                                                  name="background_loss_weight")
         self._training_state = _TrainingState()
 
     # === Forward ===
@@ -280,16 +287,30 @@ class PIPNet(keras.Model):
     def set_loss_weights(self, align: float, tanh: float, classification: float) -> None:
         self.loss_weights.assign([align, tanh, classification])
 
+    def set_background_loss_weight(self, weight: float) -> None:
+        """λ_B of `losses.background_loss` for batches with object masks (>= 0)."""
+        if not weight >= 0:
+            raise ValueError(f"The background loss weight must be >= 0, received {weight!r}.")
+        self._background_loss = float(weight)
+        self.background_loss_weight.assign(self._background_loss)
+
+    def scale_background_loss(self, scale: float) -> None:
+        """Applies `scale` x the λ_B given to `set_background_loss_weight` (the
+        pretraining ramp, `phases.background_scale_for_epoch`)."""
+        self.background_loss_weight.assign(getattr(self, "_background_loss", 0.0) * scale)
+
     @property
     def metrics(self):
         return list(self._trackers.values())
 
-    def compute_pipnet_losses(self, view1, view2, labels, training: bool) -> dict[str, tf.Tensor]:
+    def compute_pipnet_losses(self, view1, view2, labels, training: bool,
+                              masks: tuple | None = None) -> dict[str, tf.Tensor]:
         """Forward both views and compute the losses of one (per-replica) batch.
 
         Returns the per-replica *contributions* L_A, L_T, L_C (whose sum over replicas is
         the global-batch loss: means use the global counts, L_T is divided by the number of
-        replicas after a cross-replica presence sum), plus "outputs" of the forward.
+        replicas after a cross-replica presence sum), L_B (0 without `masks`, the views'
+        object masks `(B, S, S, 1)`), plus "outputs" of the forward.
         """
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
@@ -304,7 +325,20 @@ class PIPNet(keras.Model):
         def global_batch_sum(p):
             return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(p, axis=0))
 
+        background = tf.constant(0.0)
+        if masks is not None:
+            grid = tf.shape(outputs["proto_features"])[1:3]
+            inside = tf.image.resize(tf.concat(masks, axis=0), grid, "area")[..., 0]
+            kernel = self.classifier.kernel
+            if self.disabled_prototypes:
+                kernel = tf.where(tf.constant(self.prototype_mask)[:, tf.newaxis], kernel,
+                                  tf.zeros_like(kernel))
+            background = pipnet_losses.background_loss(
+                outputs["proto_features"], 1.0 - inside,
+                pipnet_losses.classifier_importance(tf.cast(kernel, tf.float32)),
+                num_images=2.0 * global_b)
         return {
+            BACKGROUND_LOSS: background,
             "L_A": pipnet_losses.align_loss(features1, features2, num_rows=global_b * cells),
             "L_T": pipnet_losses.tanh_loss(presence1, presence2, batch_sum=global_batch_sum)
             / replicas,
@@ -319,9 +353,9 @@ class PIPNet(keras.Model):
 
     def _update_trackers(self, parts: dict, labels, scores, presence) -> dict:
         ctx = tf.distribute.get_replica_context()
-        weights = tf.unstack(self.loss_weights)
+        weights = [*tf.unstack(self.loss_weights), self.background_loss_weight]
         total = 0.0
-        for name, weight in zip(LOSS_NAMES, weights):
+        for name, weight in zip((*LOSS_NAMES, BACKGROUND_LOSS), weights):
             value = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(parts[name]))
             self._trackers[name].update_state(value)
             total += weight * value
@@ -350,13 +384,16 @@ class PIPNet(keras.Model):
         self._trackers["num_present"].update_state(present)
 
     def train_step(self, data):
-        view1, view2, labels = data
+        view1, view2, labels, *masks = data
         state = self._training_state
         scaler = state.optimizer_groups[0][0] if state.loss_scaled else None
         with tf.GradientTape() as tape:
-            parts = self.compute_pipnet_losses(view1, view2, labels, training=True)
+            parts = self.compute_pipnet_losses(view1, view2, labels, training=True,
+                                               masks=tuple(masks) or None)
             weights = tf.unstack(self.loss_weights)
             loss = sum(w * parts[name] for w, name in zip(weights, LOSS_NAMES))
+            if masks:
+                loss += self.background_loss_weight * parts[BACKGROUND_LOSS]
             if scaler is not None:
                 loss = scaler.scale_loss(loss)
         variables = [v for _, group in state.optimizer_groups for v in group]
@@ -380,9 +417,10 @@ class PIPNet(keras.Model):
     def test_step(self, data):
         """(view1, view2, label): losses (no threshold) + thresholded accuracy;
         (images, label): thresholded accuracy and prototype counts only."""
-        if len(data) == 3:
-            view1, view2, labels = data
-            parts = self.compute_pipnet_losses(view1, view2, labels, training=False)
+        if len(data) >= 3:
+            view1, view2, labels, *masks = data
+            parts = self.compute_pipnet_losses(view1, view2, labels, training=False,
+                                               masks=tuple(masks) or None)
             presence = self.threshold_presence(parts["outputs"]["presence"])
             scores = self.classifier(presence)
             return self._update_trackers(parts, tf.concat([labels, labels], 0), scores, presence)
@@ -424,13 +462,13 @@ class PIPNet(keras.Model):
         return result
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras 3's TF trainer builds a model symbolically at the start of `fit` by
-        reducing a whole input batch with `strategy.reduce`, which
-        MultiWorkerMirroredStrategy rejects for a tuple batch (keras-team/keras#20585).
-        PIPNet builds its variables in `build` and the trainer builds its optimisers, so
-        under that strategy there is nothing left to build: skip it."""
-        if self.built and isinstance(self.distribute_strategy,
-                                     tf.distribute.MultiWorkerMirroredStrategy):
+        """Keras 3's TF trainer builds a model symbolically at the start of `fit` under a
+        strategy by reducing a whole input batch with `strategy.reduce`, which
+        MultiWorkerMirroredStrategy rejects for a tuple batch (keras-team/keras#20585),
+        and by unpacking it as (x, y, sample_weight), which batches with object masks
+        (5 elements) are not. PIPNet builds its variables in `build` and the trainer builds
+        its optimisers, so once built there is nothing left to build: skip it."""
+        if self.built:
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 

@@ -95,6 +95,17 @@ def loss_weights_for_epoch(stage: Stage, epoch: int) -> tuple[float, float, floa
     return (align, tanh, cls)
 
 
+def background_scale_for_epoch(stage: Stage, epoch: int) -> float:
+    """The factor on λ_B (the background loss) for global 0-based `epoch`: in pretraining
+    it ramps with λ_A (epoch/epochs_pretrain, 1-based), since at the start, with λ_A
+    small, the background loss alone drives the patch softmax towards uniform (every
+    prototype absent everywhere), from which pretraining can take epochs to recover; 1
+    in phase 2."""
+    if stage.loss_weights[0] is None:
+        return (epoch - stage.first_epoch + 1) / stage.epochs
+    return 1.0
+
+
 def extra_shrink_epochs(plan: list[Stage], every: int = 30) -> set[int]:
     """Global epochs at whose start the reference shrinks W once more: phase-2 epochs
     (1-based) that are multiples of `every`, and the last one (only if > 1 epoch)."""

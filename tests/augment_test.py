@@ -260,6 +260,28 @@ def test_two_view_augment_shapes_range_and_determinism():
     assert not np.array_equal(v1, v2)
 
 
+@pytest.mark.parametrize("seed", [(0, 1), (3, 7), (5, 2), (11, 4)])
+def test_object_mask_follows_the_views_geometry(seed):
+    """An image that is white exactly where its mask is 1: after the shared geometric op,
+    flip and crops, each view is still white where its mask is (the colour ops only
+    scale values and keep black at most mid-grey), and the views equal those without a
+    mask."""
+    config = AugmentConfig.for_image_size(32)
+    mask = np.zeros((48, 48, 1), np.float32)
+    mask[10:30, 14:40] = 1.0
+    image = np.repeat(mask * 255.0, 3, axis=-1)
+    v1, v2, m1, m2 = augment.two_view_augment(image, seed, config, mask=mask)
+    plain1, plain2 = augment.two_view_augment(image, seed, config)
+    np.testing.assert_array_equal(v1, plain1)
+    np.testing.assert_array_equal(v2, plain2)
+    for view, view_mask in ((v1, m1), (v2, m2)):
+        assert view_mask.shape == (32, 32, 1) and view_mask.dtype == tf.float32
+        white = view.numpy()[..., 0] > 127.5
+        on_object = view_mask.numpy()[..., 0] > 0.5
+        assert 0.05 < on_object.mean() < 0.95
+        assert np.mean(white == on_object) > 0.95
+
+
 def test_augment_runs_in_graph_mode_with_symbolic_shapes():
     config = AugmentConfig.for_image_size(16)
     fn = tf.function(lambda x, s: augment.two_view_augment(x, s, config),

@@ -34,13 +34,17 @@ def test_phase_schedule_sets_weights_and_extra_shrink():
     plan = phases.make_plan(2, 2, 1)  # pretrain 0-1, finetune 2-3
     schedule = PhaseSchedule(plan)
     schedule.set_model(model)
+    model.set_background_loss_weight(8.0)
     schedule.on_epoch_begin(0)
     np.testing.assert_allclose(model.loss_weights.numpy(), [0.5, 5.0, 0.0])
+    assert float(model.background_loss_weight) == 4.0  # λ_B ramps with λ_A
     schedule.on_epoch_begin(1)
     np.testing.assert_allclose(model.loss_weights.numpy(), [1.0, 5.0, 0.0])
+    assert float(model.background_loss_weight) == 8.0
     before = model.classifier.kernel.numpy()
     schedule.on_epoch_begin(2)  # phase-2 epoch 1: no extra shrink
     np.testing.assert_array_equal(model.classifier.kernel.numpy(), before)
     np.testing.assert_allclose(model.loss_weights.numpy(), [0.0, 0.0, 2.0])
+    assert float(model.background_loss_weight) == 8.0
     schedule.on_epoch_begin(3)  # last phase-2 epoch: W <- max(W - 1e-3, 0)
     np.testing.assert_allclose(model.classifier.kernel.numpy(), np.maximum(before - 1e-3, 0), atol=1e-7)

@@ -317,6 +317,33 @@ def test_pretrain_box_margin_pretrains_on_grown_bounding_box_crops(tmp_path, mon
     assert calls[config.seed]["boxes"] is None
 
 
+def test_background_loss_gives_both_phases_object_masks_when_there_are_boxes(tmp_path):
+    root = _write_cub(tmp_path / "data")
+    config = PRESETS["cub"].replace(data_dir=str(root), image_size=16, batch_size=2,
+                                    batch_size_pretrain=2, cache_dir=str(tmp_path / "cache"),
+                                    background_loss=1.0, train_box_margin=0.5)
+    data = datasets.build_data(config)
+    for source, full_image in ((data.pretrain, True), (data.train, False)):
+        view1, _, labels, mask1, mask2 = next(iter(source.epochs(0, 1)))
+        assert mask1.shape == mask2.shape == (2, 16, 16, 1)
+        red = view1.numpy()[..., 0] > view1.numpy()[..., 2]
+        on_object = mask1.numpy()[..., 0] > 0.5
+        assert np.mean(red == on_object) > 0.85
+        if full_image:  # pretraining keeps CUB's full images: their border is background
+            assert on_object.mean() < 0.9 and (~on_object).any(axis=(1, 2)).all()
+    assert not data.pretrain._crop and data.train._crop
+    # Without the flag, or without boxes, the batches are the usual triples.
+    assert len(next(iter(datasets.build_data(config.replace(background_loss=0.0))
+                         .train.epochs(0, 1)))) == 3
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            for i in range(2):
+                _save(tmp_path / "tree" / split / cls / f"{i}.png", _tiny(rng))
+    folder = datasets.build_data(config.replace(dataset=f"folder:{tmp_path / 'tree'}"))
+    assert len(next(iter(folder.pretrain.epochs(0, 1)))) == 3
+
+
 def test_pretrain_box_margin_without_boxes_names_the_flag(tmp_path):
     rng = np.random.default_rng(0)
     for split in ("train", "test"):

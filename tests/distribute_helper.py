@@ -1,5 +1,6 @@
 """Run as a script (`STAGE [BACKBONE]`): trains one step and evaluates one global batch under the default
-strategy and under MirroredStrategy over 2 logical CPUs; prints the results as JSON."""
+strategy and under MirroredStrategy over 2 logical CPUs; prints the results as JSON. The
+"full" stage's batches carry object masks (the background loss)."""
 import json
 import os
 import sys
@@ -22,6 +23,9 @@ rng = np.random.default_rng(0)
 X1 = (rng.random((8, 32, 32, 3)) * 255).astype("float32")
 X2 = (rng.random((8, 32, 32, 3)) * 255).astype("float32")
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+MASKS = np.zeros((8, 32, 32, 1), "float32")  # object masks for the background loss
+for i in range(8):
+    MASKS[i, 2 * i:2 * i + 16, 16 - i:32 - i] = 1.0
 
 
 def run(strategy, stage_name, backbone):
@@ -37,7 +41,11 @@ def run(strategy, stage_name, backbone):
     model.set_trainable_groups(stage.trainable_groups)
     model.compile(opts.as_compile_args(), net_clock=opts.clock)
     model.set_loss_weights(*phases.loss_weights_for_epoch(stage, stage.first_epoch))
-    ds = tf.data.Dataset.from_tensor_slices((X1, X2, Y)).batch(8)
+    if stage_name == "full":  # also the background loss, from per-image object masks
+        model.set_background_loss_weight(2.0)
+        ds = tf.data.Dataset.from_tensor_slices((X1, X2, Y, MASKS, MASKS[:, ::-1])).batch(8)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((X1, X2, Y)).batch(8)
     before = model.evaluate(ds, return_dict=True, verbose=0)
     history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
     return {

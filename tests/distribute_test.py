@@ -21,7 +21,7 @@ def _run_helper(*args):
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
     one, two = json.loads(line[len("RESULT"):])
     assert one["replicas"] == 1 and two["replicas"] == 2
-    for key in ("L_A", "L_T", "L_C", "loss", "accuracy"):
+    for key in ("L_A", "L_T", "L_C", "L_B", "loss", "accuracy"):
         np.testing.assert_allclose(two["eval"][key], one["eval"][key], atol=1e-5, err_msg=key)
         np.testing.assert_allclose(two["train"][key], one["train"][key], atol=1e-5, err_msg=key)
     assert one["eval"]["L_T"] > 0
@@ -31,6 +31,7 @@ def _run_helper(*args):
 @pytest.mark.parametrize("stage", ["pretrain", "full"])
 def test_one_and_two_replicas_agree(stage):
     one, two = _run_helper(stage)
+    assert (one["train"]["L_B"] > 0) == (stage == "full")  # only "full" has object masks
     # After one AdamW step (lr 1e-2) the weights agree to 1% of a step: Adam's
     # m/sqrt(v) amplifies float32 summation-order differences of tiny gradients, so
     # 1e-5 is only asked of the losses. A missing cross-replica sum would be off by a

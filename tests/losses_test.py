@@ -1,5 +1,6 @@
-"""L_A, L_T, L_C against NumPy implementations of SPEC §2."""
+"""L_A, L_T, L_C against NumPy implementations of SPEC §2; our L_B against NumPy."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipnet_tf import losses
@@ -99,3 +100,38 @@ def test_classification_loss_is_finite_at_zero_scores():
     grad = tape.gradient(loss, scores)
     np.testing.assert_allclose(loss.numpy(), np.log(3), rtol=1e-6)
     assert np.isfinite(grad.numpy()).all()
+
+
+def np_background(z, outside, importance):
+    """mean_b mean_d importance_d · max_hw z[b, h, w, d] · outside[b, h, w]."""
+    background = (z * outside[..., None]).max(axis=(1, 2))  # (B, D)
+    return np.mean((background * importance).mean(-1))
+
+
+def test_background_loss_matches_numpy_and_spares_unweighted_prototypes():
+    z = softmax(rng.normal(size=(3, 4, 4, 5)) * 3).astype(np.float32)
+    outside = rng.uniform(size=(3, 4, 4)).astype(np.float32)
+    kernel = np.abs(rng.normal(size=(5, 2))).astype(np.float32)
+    kernel[2] = -1.0  # a prototype the scoring sheet does not use (relu(W) = 0)
+    importance = losses.classifier_importance(tf.constant(kernel)).numpy()
+    largest = np.maximum(kernel, 0).max(-1)
+    np.testing.assert_allclose(importance, largest / largest.mean(), rtol=1e-6)
+    assert importance[2] == 0 and importance.mean() == pytest.approx(1.0)
+    zt = tf.constant(z)
+    with tf.GradientTape() as tape:
+        tape.watch(zt)
+        loss = losses.background_loss(zt, tf.constant(outside), tf.constant(importance))
+    np.testing.assert_allclose(loss.numpy(), np_background(z, outside, importance), rtol=1e-6)
+    grad = tape.gradient(loss, zt).numpy()
+    assert np.all(grad[..., 2] == 0)  # free to take the background
+    assert np.count_nonzero(grad[0, ..., 0]) == 1  # only the strongest background cell
+    # A global image count scales the per-replica contribution; no background, no loss.
+    part = losses.background_loss(zt, tf.constant(outside), tf.constant(importance), 6)
+    np.testing.assert_allclose(part.numpy(), loss.numpy() / 2, rtol=1e-6)
+    inside = losses.background_loss(zt, tf.zeros((3, 4, 4)), tf.constant(importance))
+    assert float(inside) == 0.0
+
+
+def test_classifier_importance_is_uniform_before_any_positive_weight():
+    importance = losses.classifier_importance(tf.constant(-np.ones((4, 3), np.float32)))
+    np.testing.assert_array_equal(importance.numpy(), np.ones(4))

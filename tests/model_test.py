@@ -112,7 +112,8 @@ def test_train_step_per_stage_updates_only_trainable_groups():
     _compile_stage(model, plan[0], opts1)
     logs = model.fit(_dataset(), epochs=1, verbose=0).history
     after = snapshot()
-    assert set(logs) == {"loss", "L_A", "L_T", "L_C", "accuracy", "num_present"}
+    assert set(logs) == {"loss", "L_A", "L_T", "L_C", "L_B", "accuracy", "num_present"}
+    assert logs["L_B"] == [0.0]  # no object masks in the batches
     np.testing.assert_array_equal(after[stem.path], before[stem.path])  # backbone group frozen
     assert not np.allclose(after[last.path], before[last.path])
     np.testing.assert_array_equal(after[model.classifier.kernel.path], before[model.classifier.kernel.path])
@@ -131,6 +132,43 @@ def test_train_step_per_stage_updates_only_trainable_groups():
     assert int(opts2.clock.numpy()) == 0  # network schedule does not advance in finetune
     np.testing.assert_allclose(logs["loss"][0], 2 * logs["L_C"][0], rtol=1e-4)
     assert (model.classifier.kernel.numpy() >= 0).all()
+
+
+def test_background_loss_from_object_masks():
+    """Batches with object masks add λ_B·L_B; L_B is the NumPy formula on the forward's
+    maps (mask resized to the 4x4 grid by area), and it moves the prototypes."""
+    keras.utils.set_random_seed(0)
+    model = small_model()
+    x = images(4)
+    masks = np.zeros((4, 32, 32, 1), np.float32)
+    masks[:, 8:24, 0:16] = 1.0  # the object: grid cells rows 1-2, columns 0-1
+    kernel = np.abs(np.random.default_rng(3).normal(size=(64, 3))).astype(np.float32)
+    kernel[:10] = 0.0  # ten prototypes the scoring sheet does not use
+    model.classifier.kernel.assign(kernel)
+    parts = model.compute_pipnet_losses(x, x, np.zeros(4, np.int32), training=False,
+                                        masks=(masks, masks))
+    z = parts["outputs"]["proto_features"].numpy()
+    outside = np.ones((8, 4, 4), np.float32)
+    outside[:, 1:3, 0:2] = 0.0
+    largest = kernel.max(-1)
+    expected = np.mean(((z * outside[..., None]).max((1, 2)) * largest / largest.mean()).mean(-1))
+    np.testing.assert_allclose(parts["L_B"].numpy(), expected, rtol=1e-5)
+    assert float(model.compute_pipnet_losses(x, x, np.zeros(4, np.int32), False)["L_B"]) == 0
+
+    plan = phases.make_plan(0, 1, 1)  # one frozen-stage epoch
+    opts = make_phase_optimizers(model.layer_groups(), 2, LearningRates(lr_block=1e-2), 1, 1)
+    opts.build()
+    _compile_stage(model, plan[0], opts)
+    model.set_background_loss_weight(3.0)
+    data = tf.data.Dataset.from_tensor_slices(
+        (x, x[:, :, ::-1], np.arange(4) % 3, masks, masks[:, :, ::-1])).batch(4)
+    logs = model.fit(data, epochs=1, verbose=0).history
+    assert logs["L_B"][0] > 0
+    np.testing.assert_allclose(
+        logs["loss"][0], 5 * logs["L_A"][0] + 2 * logs["L_T"][0] + 2 * logs["L_C"][0]
+        + 3 * logs["L_B"][0], rtol=1e-4)
+    with pytest.raises(ValueError, match="background loss weight"):
+        model.set_background_loss_weight(-1.0)
 
 
 def test_evaluate_on_images_and_on_view_pairs():

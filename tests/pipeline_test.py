@@ -169,15 +169,20 @@ def test_expanded_box_grows_only_the_given_fraction_of_draws():
                                boxes=box[None], box_margin=0.5, box_margin_prob=1.5)
 
 
+def _red_box_in_blue(tmp_path, y0, y1, x0, x1):
+    """A 60x60 blue PNG with red rows y0:y1, columns x0:x1; its path and `(1, 4)` box."""
+    image = np.zeros((60, 60, 3), np.uint8)
+    image[..., 2] = 255
+    image[y0:y1, x0:x1] = (255, 0, 0)
+    path = tmp_path / "boxed.png"
+    Image.fromarray(image).save(path)
+    return path, np.array([[y0 / 60, x0 / 60, y1 / 60, x1 / 60]], np.float32)
+
+
 def test_box_margin_keeps_the_box_and_shows_surroundings(tmp_path):
     """A red box in a blue image: with a margin the crops still hold the red box but also
     some blue around it, at scales that change from epoch to epoch."""
-    image = np.zeros((60, 60, 3), np.uint8)
-    image[..., 2] = 255
-    image[20:40, 20:40] = (255, 0, 0)
-    path = tmp_path / "boxed.png"
-    Image.fromarray(image).save(path)
-    box = np.array([[20 / 60, 20 / 60, 40 / 60, 40 / 60]], np.float32)
+    path, box = _red_box_in_blue(tmp_path, 20, 40, 20, 40)
     config = AugmentConfig(image_size=16, resize_size=16, crop_size=16, translate_px=0.0)
     exact = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box)
     grown = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box,
@@ -190,3 +195,48 @@ def test_box_margin_keeps_the_box_and_shows_surroundings(tmp_path):
         blue.append(fractions)
     assert max(blue[0]) < 0.05  # the exact crop is all red
     assert min(blue[1]) < max(blue[1]) and max(blue[1]) > 0.15  # varied margins of blue
+
+
+def test_box_mask_marks_the_pixel_centres_inside_the_box():
+    # Centres of a 4-px side at 0.125, 0.375, 0.625, 0.875 of the region.
+    mask = pipeline.box_mask(tf.constant([0.25, 0.5, 0.75, 1.0]),
+                             tf.constant([0.0, 0.0, 1.0, 1.0]), 4).numpy()[..., 0]
+    expected = np.zeros((4, 4))
+    expected[1:3, 2:4] = 1
+    np.testing.assert_array_equal(mask, expected)
+    # The region is the right half: the box (x 0.5..1) covers it all in x, y rows 1-2.
+    half = pipeline.box_mask(tf.constant([0.25, 0.5, 0.75, 1.0]),
+                             tf.constant([0.0, 0.5, 1.0, 1.0]), 4).numpy()[..., 0]
+    np.testing.assert_array_equal(half, np.repeat(expected[:, 2:3], 4, axis=1))
+    box = tf.constant([0.1, 0.2, 0.6, 0.9])
+    np.testing.assert_array_equal(pipeline.box_mask(box, box, 8), np.ones((8, 8, 1)))
+
+
+def test_object_masks_mark_the_red_box_in_full_and_grown_crops(tmp_path):
+    """A red box in a blue image: the masks of full-image views and of grown crops are 1
+    on the red pixels and 0 on the blue (up to resampling along the edges); full-image
+    views equal those without masks."""
+    path, box = _red_box_in_blue(tmp_path, 20, 40, 15, 45)
+    config = AugmentConfig(image_size=24, resize_size=28, crop_size=26, translate_px=2.0)
+    plain = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0)
+    full = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box,
+                                  crop_to_boxes=False, object_masks=True)
+    grown = pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0, boxes=box,
+                                   box_margin=1.0, object_masks=True)
+    for (p1, p2, _), (v1, v2, label, m1, m2) in zip(plain.epochs(0, 3), full.epochs(0, 3)):
+        np.testing.assert_array_equal(p1, v1)
+        np.testing.assert_array_equal(p2, v2)
+        assert label.shape == (1,) and m1.shape == (1, 24, 24, 1)
+    for source in (full, grown):
+        for v1, v2, _, m1, m2 in source.epochs(0, 4):
+            for view, mask in ((v1, m1), (v2, m2)):
+                red = view.numpy()[0, ..., 0] > view.numpy()[0, ..., 2]
+                on_object = mask.numpy()[0, ..., 0] > 0.5
+                # They differ at most along the box's edges (resampling at 24 px) ...
+                assert on_object.any() and np.mean(red == on_object) > 0.9
+                # ... and are not shifted against each other.
+                np.testing.assert_allclose(np.argwhere(red).mean(0),
+                                           np.argwhere(on_object).mean(0), atol=0.75)
+    with pytest.raises(ValueError, match="object_masks needs boxes"):
+        pipeline.TwoViewSource([str(path)], np.array([0]), config, 1, seed=0,
+                               object_masks=True)

@@ -189,10 +189,17 @@ def test_evaluate_measures_top1_on_the_images_the_trainer_tests_on(tmp_path):
     root = _write_cub(tmp_path / "data", n_per_class=6)
     config = PRESETS["cub"].replace(
         data_dir=str(root), net="tiny_cnn", weights="none", precision="float32", image_size=16,
-        epochs_pretrain=0, epochs=1, freeze_epochs=1, batch_size=2, batch_size_pretrain=2,
-        cache_dir=str(tmp_path / "cache"), log_dir=str(tmp_path / "run"), export=False,
-        prune_weak_prototypes=0.9)
+        epochs_pretrain=1, epochs=2, freeze_epochs=2, finetune_epochs=0, batch_size=2,
+        batch_size_pretrain=2, cache_dir=str(tmp_path / "cache"),
+        log_dir=str(tmp_path / "run"), export=False, prune_weak_prototypes=0.9,
+        background_loss=2.0)
     metrics = run_training(config)
+    # --background_loss: pretraining's full images have a background around the box
+    # (phase 2's exact crops only where the geometric op filled the corners).
+    with open(f"{config.log_dir}/training_log.csv") as log:
+        rows = list(csv.DictReader(log))
+    assert len(rows) == 3 and float(rows[0]["L_B"]) > 0
+    assert all(float(row["L_B"]) < float(rows[0]["L_B"]) for row in rows[1:])
     # --prune_weak_prototypes: a prototype left in the saved sheet has a largest weight
     # ≥ 0.9 × the mean class maximum, or is a class's strongest connection.
     assert metrics["pruned_weak_prototypes"]["fraction"] == 0.9

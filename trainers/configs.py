@@ -68,6 +68,7 @@ FROM_SCRATCH: dict = dict(
     lr_net=5e-3,
     inter_op_threads=1,
     prune_weak_prototypes=0.3,
+    background_loss=20.0,
 )
 FROM_SCRATCH_DATASETS = ("cub", "folder", "creatures")
 

@@ -155,6 +155,7 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
         _write_class_names(run_dir, data.class_names)
     with strategy.scope():
         model = build_model(config, len(data.class_names), data.train.steps_per_epoch)
+    model.set_background_loss_weight(config.background_loss)
     plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
                             config.finetune_epochs, loaded=bool(config.state_dict_dir_net))
     for line in phases.describe_plan(plan):

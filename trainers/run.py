@@ -105,6 +105,10 @@ _FIELD_FLAGS = {
     "pretrain_box_margin": (flags.DEFINE_float, "Pretrain on bounding-box crops grown by up "
                             "to this fraction of the box per side (negative: the dataset's "
                             "choice; CUB pretrains on full images)."),
+    "background_loss": (flags.DEFINE_float, "Weight of the background loss (ours): the "
+                        "prototypes the scoring sheet uses are penalised for firing outside "
+                        "the object's bounding box, in every phase whose images have boxes "
+                        "(CUB layout); 0: off, as the reference."),
     "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
                            "(net_pretrained, net_trained, …) to start from; with "
                            "--epochs_pretrain=0 training continues from its prototypes."),

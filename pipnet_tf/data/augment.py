@@ -104,10 +104,12 @@ def _seed(seed: SeedLike) -> tf.Tensor:
     return tf.cast(seed, tf.int64)
 
 
-def _image(image: tf.Tensor) -> tf.Tensor:
+def _image(image: tf.Tensor, channels: tuple[int, ...] = (3,)) -> tf.Tensor:
+    """float32 `(H, W, C)` with C in `channels` (4: RGB + an object mask)."""
     image = tf.convert_to_tensor(image)
-    if image.shape.rank != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape (H, W, 3), got {image.shape!r}")
+    if image.shape.rank != 3 or image.shape[-1] not in channels:
+        wanted = " or ".join(str(c) for c in channels)
+        raise ValueError(f"image must have shape (H, W, {wanted}), got {image.shape!r}")
     return tf.cast(image, tf.float32)
 
 
@@ -250,9 +252,10 @@ def _colour(name: str, image: tf.Tensor, m: tf.Tensor, k: tf.Tensor) -> tf.Tenso
 
 def _trivial_augment(image: tf.Tensor, seed: SeedLike, ops: Sequence[str],
                      max_magnitude: dict, apply: Callable, op: Optional[str],
-                     magnitude_bin: Optional[int], sign: Optional[int]) -> tf.Tensor:
+                     magnitude_bin: Optional[int], sign: Optional[int],
+                     channels: tuple[int, ...] = (3,)) -> tf.Tensor:
     """Draws (op, bin, sign) from `seed` unless forced, then applies the op."""
-    image = _image(image)
+    image = _image(image, channels)
     op_seed, bin_seed, sign_seed = tf.unstack(tf.random.split(_seed(seed), 3))
     if op is not None and op not in ops:
         raise ValueError(f"op must be one of {list(ops)}, got {op!r}")
@@ -288,7 +291,8 @@ def _trivial_augment(image: tf.Tensor, seed: SeedLike, ops: Sequence[str],
 def geometric_trivial_augment(image: tf.Tensor, seed: SeedLike, translate_px: float = 16.0,
                               op: Optional[str] = None, magnitude_bin: Optional[int] = None,
                               sign: Optional[int] = None) -> tf.Tensor:
-    """TrivialAugmentWideNoColor: one of GEOMETRIC_OPS, `(H, W, 3)` -> `(H, W, 3)`.
+    """TrivialAugmentWideNoColor: one of GEOMETRIC_OPS, `(H, W, C)` -> `(H, W, C)`, C = 3
+    or 4 (RGB + an object mask, warped with the image; the fill is 0).
 
     Magnitudes: ShearX/ShearY m in linspace(0, 0.5) (shear coefficient m about the
     top-left corner), TranslateX/Y int(linspace(0, translate_px)) pixels, Rotate
@@ -301,7 +305,7 @@ def geometric_trivial_augment(image: tf.Tensor, seed: SeedLike, translate_px: fl
             "TranslateY": float(translate_px), "Rotate": 60.0}
     return _trivial_augment(image, seed, GEOMETRIC_OPS, tops,
                             lambda name, x, m, k: _geometric(name, x, m),
-                            op, magnitude_bin, sign)
+                            op, magnitude_bin, sign, channels=(3, 4))
 
 
 def colour_trivial_augment(image: tf.Tensor, seed: SeedLike, variant: str = "no_shape",
@@ -332,12 +336,13 @@ def random_horizontal_flip(image: tf.Tensor, seed: SeedLike) -> tf.Tensor:
 def random_resized_crop(image: tf.Tensor, seed: SeedLike, size: int,
                         scale: tuple = (0.95, 1.0),
                         ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)) -> tf.Tensor:
-    """torchvision RandomResizedCrop: `(H, W, 3)` -> `(size, size, 3)`, bilinear.
+    """torchvision RandomResizedCrop: `(H, W, C)` -> `(size, size, C)`, bilinear; C = 3,
+    or 4 with an object mask.
 
     Ten tries of (area fraction ~ U(scale), log aspect ~ U(log ratio)); the first crop that
     fits is placed uniformly, otherwise a centre crop clamped to `ratio` is used.
     """
-    image = _image(image)
+    image = _image(image, (3, 4))
     area_seed, pos_seed = tf.unstack(tf.random.split(_seed(seed), 2))
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
@@ -359,7 +364,8 @@ def random_resized_crop(image: tf.Tensor, seed: SeedLike, size: int,
     i_seed, j_seed = tf.unstack(tf.random.split(pos_seed, 2))
     top = tf.where(found, _randint(i_seed, 0, h - crop_h), (h - crop_h) // 2)
     left = tf.where(found, _randint(j_seed, 0, w - crop_w), (w - crop_w) // 2)
-    crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([crop_h, crop_w, 3]))
+    crop = tf.slice(image, tf.stack([top, left, 0]),
+                    tf.stack([crop_h, crop_w, image.shape[-1]]))
     return tf.image.resize(crop, (size, size), "bilinear", antialias=True)
 
 
@@ -374,26 +380,38 @@ def random_crop(image: tf.Tensor, seed: SeedLike, size: int) -> tf.Tensor:
     return tf.ensure_shape(crop, (size, size, image.shape[-1]))
 
 
-def two_view_augment(image: tf.Tensor, seed: SeedLike,
-                     config: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+def two_view_augment(image: tf.Tensor, seed: SeedLike, config: AugmentConfig,
+                     mask: tf.Tensor | None = None) -> tuple[tf.Tensor, ...]:
     """PIP-Net's two views of one image: `(H, W, 3)` -> 2 x `(img, img, 3)` float32.
 
     Shared: resize to (R, R) (skipped when the static shape already is (R, R, 3)), one
     geometric TrivialAugment op, horizontal flip p=0.5, RandomResizedCrop to (S, S) with
     scale (0.95, 1). Per view: one colour TrivialAugment op and a RandomCrop to `img`.
     Outputs are clipped to 0..255.
+
+    With `mask` (`(H, W, 1)`, 1 on the object, 0 on its background) the mask goes through
+    the same geometric ops and crops as the image (the affine fill counts as background)
+    and the result is (view1, view2, mask1, mask2), masks `(img, img, 1)` in [0, 1]. The
+    views are the same as without it.
     """
     image = _image(image)
     size_r = config.resize_size
+    if mask is not None:
+        image = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
     if image.shape[:2].as_list() != [size_r, size_r]:
         image = tf.image.resize(image, (size_r, size_r), "bilinear", antialias=True)
     geo, flip, rrc, c1, k1, c2, k2 = tf.unstack(tf.random.split(_seed(seed), 7))
     x = geometric_trivial_augment(image, geo, config.translate_px)
     x = random_horizontal_flip(x, flip)
     x = random_resized_crop(x, rrc, config.crop_size)
-    views = []
+    views, masks = [], []
     for colour_seed, crop_seed in ((c1, k1), (c2, k2)):
-        v = colour_trivial_augment(x, colour_seed, config.colour_variant)
+        v = colour_trivial_augment(x[..., :3], colour_seed, config.colour_variant)
+        if mask is not None:
+            v = tf.concat([v, x[..., 3:]], axis=-1)
         v = random_crop(v, crop_seed, config.image_size)
-        views.append(tf.clip_by_value(v, 0.0, 255.0))
-    return views[0], views[1]
+        views.append(tf.clip_by_value(v[..., :3], 0.0, 255.0))
+        masks.append(tf.clip_by_value(v[..., 3:], 0.0, 1.0))
+    if mask is None:
+        return views[0], views[1]
+    return views[0], views[1], masks[0], masks[1]

@@ -155,6 +155,18 @@ def _crop_pretrain(config: TrainConfig, policy: registry.DatasetPolicy,
     return True
 
 
+def _object_masks(config: TrainConfig, records: ImageRecords, phase: str) -> bool:
+    """Whether `phase`'s batches carry object masks for the background loss: with
+    --background_loss > 0 and bounding boxes (images without one count as all object)."""
+    if config.background_loss <= 0:
+        return False
+    if records.bboxes is None or not np.isfinite(records.bboxes).all(axis=1).any():
+        logging.info("--background_loss=%g is off for %s: its images have no bounding "
+                     "boxes.", config.background_loss, phase)
+        return False
+    return True
+
+
 def _image_set(records: ImageRecords, sizes: np.ndarray, originals: list[str], crop: bool,
                image_size: int, cache: bool) -> ImageSet:
     bboxes = records.bboxes if crop else None
@@ -251,6 +263,8 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
         return geometry.normalized_boxes(geometry.crop_boxes(records.bboxes, sizes), sizes)
 
     crop_pretrain = _crop_pretrain(config, policy, pretrain_records, source.origin)
+    masks_pretrain = _object_masks(config, pretrain_records, "pretraining")
+    masks_train = policy.crop_train and _object_masks(config, train, "phase 2")
     size, cache = config.image_size, config.cache_images and training
     pretrain_aug = augment.AugmentConfig.for_image_size(size, policy.pretrain_augment)
     train_aug = augment.AugmentConfig.for_image_size(size, policy.augment)
@@ -264,13 +278,15 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
         pretrain=pipeline.TwoViewSource(
             pretrain_records.paths, pretrain_records.labels, pretrain_aug,
             config.batch_size_pretrain, config.seed, cache=cache,
-            boxes=boxes(pretrain_records, pretrain_sizes, crop_pretrain),
-            box_margin=max(config.pretrain_box_margin, 0.0)) if training else None,
+            boxes=boxes(pretrain_records, pretrain_sizes, crop_pretrain or masks_pretrain),
+            box_margin=max(config.pretrain_box_margin, 0.0), crop_to_boxes=crop_pretrain,
+            object_masks=masks_pretrain) if training else None,
         train=pipeline.TwoViewSource(
             train.paths, train.labels, train_aug, config.batch_size, config.seed + 1,
             cache=cache, boxes=boxes(train, train_sizes, policy.crop_train),
             box_margin=config.train_box_margin,
-            box_margin_prob=config.train_box_margin_prob) if training else None,
+            box_margin_prob=config.train_box_margin_prob,
+            object_masks=masks_train) if training else None,
         test=test_set,
         test_full=test_full,
         project=_image_set(train, train_sizes, train_originals, policy.crop_project, size,

@@ -101,6 +101,20 @@ def expanded_box(box: tf.Tensor, seed: tf.Tensor, margin: float,
     return tf.clip_by_value(grown, 0.0, 1.0)
 
 
+def box_mask(box: tf.Tensor, region: tf.Tensor, size: int | tf.Tensor) -> tf.Tensor:
+    """The object mask of an image cropped to `region` and resized to (size, size):
+    `(size, size, 1)` float32, 1 at the pixel centres inside `box`. Both boxes are
+    (y0, x0, y1, x1) fractions of the whole image."""
+    height = tf.maximum(region[2] - region[0], 1e-6)
+    width = tf.maximum(region[3] - region[1], 1e-6)
+    centres = (tf.range(size, dtype=tf.float32) + 0.5) / tf.cast(size, tf.float32)
+    ys = region[0] + centres * height
+    xs = region[1] + centres * width
+    inside_y = tf.cast((ys >= box[0]) & (ys <= box[2]), tf.float32)
+    inside_x = tf.cast((xs >= box[1]) & (xs <= box[3]), tf.float32)
+    return (inside_y[:, tf.newaxis] * inside_x[tf.newaxis, :])[..., tf.newaxis]
+
+
 class TwoViewSource:
     """The training input: `(view1, view2, label)` batches, epoch by epoch.
 
@@ -142,14 +156,22 @@ class TwoViewSource:
         (SPEC §5).
       box_margin_prob: the fraction of those crops that are grown; the rest are the
         exact box (the scale the test crops have).
+      crop_to_boxes: with `boxes`, crop to them (default); False keeps the whole images
+        and uses the boxes for `object_masks` only.
+      object_masks: with `boxes`, batches are `(view1, view2, label, mask1, mask2)`: each
+        view's object mask `(B, img, img, 1)`, 1 inside the box (`box_mask`), warped
+        with the view (`two_view_augment`); the model's background loss uses it.
     """
 
     def __init__(self, paths: Sequence[str], labels: np.ndarray, config: AugmentConfig,
                  batch_size: int, seed: int, shuffle: bool = True,
                  drop_remainder: bool = True, cache: bool = True,
                  boxes: np.ndarray | None = None, box_margin: float = 0.0,
-                 box_margin_prob: float = 1.0):
+                 box_margin_prob: float = 1.0, crop_to_boxes: bool = True,
+                 object_masks: bool = False):
         paths, labels = _validated(paths, labels, batch_size)
+        if object_masks and boxes is None:
+            raise ValueError("object_masks needs boxes (the objects' bounding boxes).")
         if drop_remainder and batch_size > len(paths):
             raise ValueError(f"batch_size={batch_size!r} is larger than the dataset "
                              f"({len(paths)} images) with drop_remainder=True: no batches")
@@ -161,12 +183,17 @@ class TwoViewSource:
         self.shuffle = bool(shuffle)
         self.drop_remainder = bool(drop_remainder)
         self.num_examples = len(paths)
-        self.box_margin = float(box_margin) if boxes is not None else 0.0
+        crop = boxes is not None and bool(crop_to_boxes)
+        self.box_margin = float(box_margin) if crop else 0.0
         if not 0.0 <= box_margin_prob <= 1.0:
             raise ValueError(f"box_margin_prob must be in [0, 1], received {box_margin_prob!r}")
         self.box_margin_prob = float(box_margin_prob)
-        if self.box_margin > 0:  # cache whole images, crop a random grown box per element
-            images = tf.data.Dataset.zip((_images(paths, 2 * config.resize_size, None),
+        self.object_masks = bool(object_masks)
+        self._crop = crop
+        if self.box_margin > 0 or self.object_masks:
+            # Cache whole images with their boxes; crop (a random grown box) per element.
+            size = 2 * config.resize_size if crop else config.resize_size
+            images = tf.data.Dataset.zip((_images(paths, size, None),
                                           tf.data.Dataset.from_tensor_slices(
                                               np.asarray(boxes, np.float32))))
         else:
@@ -230,18 +257,31 @@ class TwoViewSource:
         if num_shards > 1:
             ds = ds.shard(num_shards, shard_index)
         config, margin, margin_prob = self.config, self.box_margin, self.box_margin_prob
+        masks, crop, size = self.object_masks, self._crop, self.config.resize_size
 
         # The augmentation has no Python control flow on tensors; skipping AutoGraph
         # conversion cuts the tracing time from ~2.5 s to ~0.5 s.
         @tf.autograph.experimental.do_not_convert
         def augment(key: tf.Tensor, image, label: tf.Tensor) -> tuple:
-            if margin > 0:
+            if margin > 0 or masks:
                 image, box = image
-                box_key, key = tf.unstack(tf.random.split(key, 2))
-                grown = expanded_box(box, box_key, margin, margin_prob)
-                image = tf.image.resize(
-                    crop_fraction(tf.cast(image, tf.float32), grown),
-                    (config.resize_size, config.resize_size), "bilinear", antialias=True)
+                region = tf.constant([0.0, 0.0, 1.0, 1.0])
+                if margin > 0:
+                    box_key, key = tf.unstack(tf.random.split(key, 2))
+                    region = expanded_box(box, box_key, margin, margin_prob)
+                elif crop:
+                    region = box
+                image = tf.cast(image, tf.float32)
+                if masks:  # a 4th channel, cropped and resized with the image
+                    whole = tf.constant([0.0, 0.0, 1.0, 1.0])
+                    image = tf.concat([image, box_mask(box, whole, tf.shape(image)[0])], -1)
+                if crop:
+                    image = tf.image.resize(crop_fraction(image, region), (size, size),
+                                            "bilinear", antialias=True)
+                if masks:
+                    view1, view2, mask1, mask2 = two_view_augment(
+                        image[..., :3], key, config, image[..., 3:])
+                    return view1, view2, label, mask1, mask2
             view1, view2 = two_view_augment(tf.cast(image, tf.float32), key, config)
             return view1, view2, label
 
