@@ -14,8 +14,9 @@ from pipnet_tf.checkpoint import Progress
 
 class PhaseSchedule(keras.callbacks.Callback):
     """At each epoch start: sets (λ_A, λ_T, λ_C) of the plan (pretraining ramps λ_A
-    as e/E, and the background loss's λ_B with it) and applies the reference's extra `W <- max(W - shrink, 0)` at phase-2
-    epochs that are multiples of 30 and at the last epoch.
+    as e/E, and the background loss's λ_B with it) and applies the reference's extra
+    `W <- max(W - shrink, 0)` at phase-2 epochs that are multiples of 30 and at the last
+    epoch.
 
     `resumed_epoch`: an epoch resumed from a mid-epoch checkpoint, whose start (and
     shrinkage) the checkpointed weights already went through.

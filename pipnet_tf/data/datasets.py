@@ -136,6 +136,11 @@ def _usable(records: ImageRecords, cache_dir: str, what: str
     return kept, prepared.sizes[keep], originals
 
 
+def _has_boxes(records: ImageRecords) -> bool:
+    """Whether at least one image has a bounding box (CUB layout: bounding_boxes.txt)."""
+    return records.bboxes is not None and bool(np.isfinite(records.bboxes).all(axis=1).any())
+
+
 def _crop_pretrain(config: TrainConfig, policy: registry.DatasetPolicy,
                    records: ImageRecords, origin: str) -> bool:
     """Whether pretraining uses bounding-box crops: the dataset's choice, or, with
@@ -148,7 +153,7 @@ def _crop_pretrain(config: TrainConfig, policy: registry.DatasetPolicy,
         raise ValueError(f"--pretrain_box_margin={margin} crops the pretraining images to "
                          f"their bounding boxes, but --pretrain_data={config.pretrain_data} "
                          "images have none; leave --pretrain_box_margin negative.")
-    if records.bboxes is None or not np.isfinite(records.bboxes).all(axis=1).any():
+    if not _has_boxes(records):
         raise ValueError(f"--pretrain_box_margin={margin} needs bounding boxes, and the "
                          f"dataset at {origin} has none (CUB layout: bounding_boxes.txt); "
                          "leave it negative.")
@@ -160,7 +165,7 @@ def _object_masks(config: TrainConfig, records: ImageRecords, phase: str) -> boo
     --background_loss > 0 and bounding boxes (images without one count as all object)."""
     if config.background_loss <= 0:
         return False
-    if records.bboxes is None or not np.isfinite(records.bboxes).all(axis=1).any():
+    if not _has_boxes(records):
         logging.info("--background_loss=%g is off for %s: its images have no bounding "
                      "boxes.", config.background_loss, phase)
         return False
