@@ -129,6 +129,7 @@ class PIPNet(keras.Model):
         # λ_B of the background loss, applied to batches that carry object masks.
         self.background_loss_weight = tf.Variable(0.0, trainable=False,
                                                   name="background_loss_weight")
+        self._background_loss = 0.0  # the λ_B given, before the pretraining ramp
         self._training_state = _TrainingState()
 
     # === Forward ===
@@ -297,7 +298,7 @@ class PIPNet(keras.Model):
     def scale_background_loss(self, scale: float) -> None:
         """Applies `scale` x the λ_B given to `set_background_loss_weight` (the
         pretraining ramp, `phases.background_scale_for_epoch`)."""
-        self.background_loss_weight.assign(getattr(self, "_background_loss", 0.0) * scale)
+        self.background_loss_weight.assign(self._background_loss * scale)
 
     @property
     def metrics(self):
