@@ -91,8 +91,13 @@ def loss_weights_for_epoch(stage: Stage, epoch: int) -> tuple[float, float, floa
     """(λ_A, λ_T, λ_C) for global 0-based `epoch` in `stage` (pretraining ramps λ_A)."""
     align, tanh, cls = stage.loss_weights
     if align is None:
-        align = (epoch - stage.first_epoch + 1) / stage.epochs
+        align = _pretraining_ramp(stage, epoch)
     return (align, tanh, cls)
+
+
+def _pretraining_ramp(stage: Stage, epoch: int) -> float:
+    """epoch/epochs of `stage` (1-based): λ_A's ramp in pretraining."""
+    return (epoch - stage.first_epoch + 1) / stage.epochs
 
 
 def background_scale_for_epoch(stage: Stage, epoch: int) -> float:
@@ -102,7 +107,7 @@ def background_scale_for_epoch(stage: Stage, epoch: int) -> float:
     prototype absent everywhere), from which pretraining can take epochs to recover; 1
     in phase 2."""
     if stage.loss_weights[0] is None:
-        return (epoch - stage.first_epoch + 1) / stage.epochs
+        return _pretraining_ramp(stage, epoch)
     return 1.0
 
 
