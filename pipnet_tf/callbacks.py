@@ -14,7 +14,8 @@ from pipnet_tf.checkpoint import Progress
 
 class PhaseSchedule(keras.callbacks.Callback):
     """At each epoch start: sets (λ_A, λ_T, λ_C) of the plan (pretraining ramps λ_A
-    as e/E, and the background loss's λ_B with it) and applies the reference's extra
+    as e/E, and the background loss's λ_B with it unless `background_pretrain` says
+    "off" or "full") and applies the reference's extra
     `W <- max(W - shrink, 0)` at phase-2 epochs that are multiples of 30 and at the last
     epoch.
 
@@ -23,16 +24,19 @@ class PhaseSchedule(keras.callbacks.Callback):
     """
 
     def __init__(self, plan: list[phases.Stage], shrink_every: int = 30,
-                 resumed_epoch: int | None = None):
+                 resumed_epoch: int | None = None, background_pretrain: str = "ramp"):
         super().__init__()
+        phases.check_background_pretrain_mode(background_pretrain)
         self.plan = plan
+        self.background_pretrain = background_pretrain
         self.shrink_epochs = phases.extra_shrink_epochs(plan, shrink_every)
         self.resumed_epoch = resumed_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         stage = phases.stage_at(self.plan, epoch)
         self.model.set_loss_weights(*phases.loss_weights_for_epoch(stage, epoch))
-        self.model.scale_background_loss(phases.background_scale_for_epoch(stage, epoch))
+        self.model.scale_background_loss(
+            phases.background_scale_for_epoch(stage, epoch, self.background_pretrain))
         if epoch in self.shrink_epochs and epoch != self.resumed_epoch:
             self.model.classifier.shrink_weights()
 

@@ -100,15 +100,29 @@ def _pretraining_ramp(stage: Stage, epoch: int) -> float:
     return (epoch - stage.first_epoch + 1) / stage.epochs
 
 
-def background_scale_for_epoch(stage: Stage, epoch: int) -> float:
-    """The factor on λ_B (the background loss) for global 0-based `epoch`: in pretraining
-    it ramps with λ_A (epoch/epochs_pretrain, 1-based), since at the start, with λ_A
-    small, the background loss alone drives the patch softmax towards uniform (every
-    prototype absent everywhere), from which pretraining can take epochs to recover; 1
-    in phase 2."""
+BACKGROUND_PRETRAIN_MODES = ("ramp", "off", "full")
+
+
+def background_scale_for_epoch(stage: Stage, epoch: int, pretraining: str = "ramp") -> float:
+    """The factor on λ_B (the background loss) for global 0-based `epoch`; 1 in phase 2.
+    In pretraining, `pretraining` (`--background_loss_pretrain`) says: "ramp" with λ_A
+    (epoch/epochs_pretrain, 1-based), since at the start, with λ_A small, the background
+    loss alone drives the patch softmax towards uniform (every prototype absent
+    everywhere), from which pretraining can take epochs to recover; "off" (0: the term
+    starts with phase 2, once the scoring sheet says which prototypes matter); "full" (1)."""
+    check_background_pretrain_mode(pretraining)
     if stage.loss_weights[0] is None:
-        return _pretraining_ramp(stage, epoch)
+        if pretraining == "ramp":
+            return _pretraining_ramp(stage, epoch)
+        return 0.0 if pretraining == "off" else 1.0
     return 1.0
+
+
+def check_background_pretrain_mode(mode: str) -> None:
+    """Raises ValueError naming the flag for a mode not in BACKGROUND_PRETRAIN_MODES."""
+    if mode not in BACKGROUND_PRETRAIN_MODES:
+        raise ValueError(f"Unknown --background_loss_pretrain={mode!r}; use "
+                         f"{' | '.join(BACKGROUND_PRETRAIN_MODES)}.")
 
 
 def extra_shrink_epochs(plan: list[Stage], every: int = 30) -> set[int]:

@@ -8,6 +8,19 @@ from pipnet_tf.callbacks import NaNGuard, PhaseSchedule
 from tests.model_test import small_model
 
 
+def test_phase_schedule_can_start_the_background_loss_with_phase_two():
+    model = small_model()
+    schedule = PhaseSchedule(phases.make_plan(2, 2, 1), background_pretrain="off")
+    schedule.set_model(model)
+    model.set_background_loss_weight(8.0)
+    schedule.on_epoch_begin(1)
+    assert float(model.background_loss_weight) == 0.0
+    schedule.on_epoch_begin(2)
+    assert float(model.background_loss_weight) == 8.0
+    with pytest.raises(ValueError, match="--background_loss_pretrain"):
+        PhaseSchedule(phases.make_plan(2, 2, 1), background_pretrain="no")
+
+
 def test_nan_guard_names_the_loss_term_and_position():
     guard = NaNGuard()
     guard.on_epoch_begin(4)

@@ -26,6 +26,20 @@ def test_loss_weights_per_stage():
     assert phases.loss_weights_for_epoch(plan[3], 69) == (5.0, 2.0, 2.0)
 
 
+def test_background_loss_scale_in_pretraining_per_mode():
+    plan = phases.make_plan(4, 6, 1)  # pretrain 0-3, finetune 4-5
+    pre, finetune = plan[0], plan[1]
+    scales = {mode: [phases.background_scale_for_epoch(pre, e, mode) for e in range(4)]
+              for mode in phases.BACKGROUND_PRETRAIN_MODES}
+    assert scales["ramp"] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # λ_A's ramp
+    assert scales["off"] == [0.0] * 4
+    assert scales["full"] == [1.0] * 4
+    for mode in phases.BACKGROUND_PRETRAIN_MODES:  # phase 2: λ_B as given
+        assert phases.background_scale_for_epoch(finetune, 4, mode) == 1.0
+    with pytest.raises(ValueError, match=r"--background_loss_pretrain='later'.*ramp \| off"):
+        phases.background_scale_for_epoch(pre, 0, "later")
+
+
 def test_no_finetune_without_pretraining():
     plan = phases.make_plan(0, 5, 2)
     assert [(s.name, s.epochs) for s in plan] == [("frozen", 2), ("full", 3)]

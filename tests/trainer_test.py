@@ -217,3 +217,10 @@ def test_evaluate_measures_top1_on_the_images_the_trainer_tests_on(tmp_path):
     assert result["test_full_images"]["num_images"] == 6
     assert "ood" not in result  # CUB brings no OoD folders of its own
     assert set(result["purity"]) == {"train", "test"}
+
+
+def test_an_unknown_background_loss_mode_fails_before_anything_is_written(tiny_config, tmp_path):
+    config = tiny_config.replace(log_dir=str(tmp_path / "bad"), background_loss_pretrain="later")
+    with pytest.raises(ValueError, match="--background_loss_pretrain='later'"):
+        run_training(config)
+    assert not (tmp_path / "bad").exists()

@@ -124,6 +124,7 @@ def run_training(config: TrainConfig, extra_callbacks: list[keras.callbacks.Call
     """
     started = time.time()
     phases.check_classification_epochs(config.epochs)  # before anything is written
+    phases.check_background_pretrain_mode(config.background_loss_pretrain)
     run_dir = pathlib.Path(config.log_dir)
     check_fast_cpu_ops(config.fast_cpu_ops)
     metrics.check_prune_fraction(config.prune_weak_prototypes, "--prune_weak_prototypes")
@@ -173,6 +174,7 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
         fused_optimizer=use_fast_cpu_ops(config.fast_cpu_ops),
         loss_scale=precision == "mixed_float16",
         extra_callbacks=list(extra_callbacks), verbose=2 if chief else 0,
+        background_pretrain=config.background_loss_pretrain,
     )
     epochs_run = runner.run()
     training_seconds = time.time() - started

@@ -109,6 +109,9 @@ _FIELD_FLAGS = {
                         "prototypes the scoring sheet uses are penalised for firing outside "
                         "the object's bounding box, in every phase whose images have boxes "
                         "(CUB layout); 0: off, as the reference."),
+    "background_loss_pretrain": (flags.DEFINE_string, "The background loss in pretraining: "
+                                 "ramp (with λ_A's ramp) | off (from phase 2 on, once the "
+                                 "scoring sheet weighs the prototypes) | full."),
     "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
                            "(net_pretrained, net_trained, …) to start from; with "
                            "--epochs_pretrain=0 training continues from its prototypes."),

@@ -33,6 +33,7 @@ class PlanRunner:
         fused_optimizer: `FusedAdamW` (True) or Keras's `AdamW` per group.
         loss_scale: wrap every optimiser in Keras's `LossScaleOptimizer` (float16).
         extra_callbacks: appended to every `fit` call.
+        background_pretrain: λ_B in pretraining ("ramp" | "off" | "full"; PhaseSchedule).
     """
 
     def __init__(
@@ -50,7 +51,9 @@ class PlanRunner:
         loss_scale: bool = False,
         extra_callbacks: list[keras.callbacks.Callback] = (),
         verbose: int | str = "auto",
+        background_pretrain: str = "ramp",
     ):
+        phases.check_background_pretrain_mode(background_pretrain)
         if checkpoint_every_steps < 0:
             raise ValueError(
                 f"--checkpoint_every_steps must be >= 0, received {checkpoint_every_steps}.")
@@ -70,6 +73,7 @@ class PlanRunner:
         self.loss_scale = loss_scale
         self.extra_callbacks = list(extra_callbacks)
         self.verbose = verbose
+        self.background_pretrain = background_pretrain
         self._optimizers: dict[int, PhaseOptimizers] = {}
         self._resumed_metrics: list | None = None
 
@@ -130,7 +134,9 @@ class PlanRunner:
         source = self.sources[stage.phase]
         steps = source.steps_per_epoch
         callbacks = [
-            pipnet_callbacks.PhaseSchedule(self.plan, resumed_epoch=first if skip else None),
+            pipnet_callbacks.PhaseSchedule(
+                self.plan, resumed_epoch=first if skip else None,
+                background_pretrain=self.background_pretrain),
             pipnet_callbacks.NaNGuard(),
             pipnet_callbacks.TrainingCheckpoint(self._save, stage.phase, steps,
                                                 self.checkpoint_every_steps, first_step=skip),
