@@ -100,7 +100,7 @@ def _pretraining_ramp(stage: Stage, epoch: int) -> float:
     return (epoch - stage.first_epoch + 1) / stage.epochs
 
 
-BACKGROUND_PRETRAIN_MODES = ("ramp", "off", "full")
+BACKGROUND_PRETRAIN_MODES = ("ramp", "ramp:N", "off", "full")
 
 
 def background_scale_for_epoch(stage: Stage, epoch: int, pretraining: str = "ramp") -> float:
@@ -108,21 +108,35 @@ def background_scale_for_epoch(stage: Stage, epoch: int, pretraining: str = "ram
     In pretraining, `pretraining` (`--background_loss_pretrain`) says: "ramp" with λ_A
     (epoch/epochs_pretrain, 1-based), since at the start, with λ_A small, the background
     loss alone drives the patch softmax towards uniform (every prototype absent
-    everywhere), from which pretraining can take epochs to recover; "off" (0: the term
-    starts with phase 2, once the scoring sheet says which prototypes matter); "full" (1)."""
-    check_background_pretrain_mode(pretraining)
+    everywhere), from which pretraining can take epochs to recover; "ramp:N" linearly
+    over the first N pretraining epochs (epoch/N), then 1; "off" (0: the term starts with
+    phase 2, once the scoring sheet says which prototypes matter); "full" (1)."""
+    ramp_epochs = background_ramp_epochs(pretraining)
     if stage.loss_weights[0] is None:
         if pretraining == "ramp":
             return _pretraining_ramp(stage, epoch)
+        if ramp_epochs:
+            return min(1.0, (epoch - stage.first_epoch + 1) / ramp_epochs)
         return 0.0 if pretraining == "off" else 1.0
     return 1.0
 
 
+def background_ramp_epochs(mode: str) -> int:
+    """N of a "ramp:N" mode of `--background_loss_pretrain` (0 for the other modes).
+    Raises ValueError naming the flag for a mode not in BACKGROUND_PRETRAIN_MODES."""
+    name, _, count = mode.partition(":")
+    if name == "ramp" and count:
+        if count.isdigit() and int(count) > 0:
+            return int(count)
+    elif mode in BACKGROUND_PRETRAIN_MODES and mode != "ramp:N":
+        return 0
+    raise ValueError(f"Unknown --background_loss_pretrain={mode!r}; use "
+                     f"{' | '.join(BACKGROUND_PRETRAIN_MODES)} (N >= 1 epochs).")
+
+
 def check_background_pretrain_mode(mode: str) -> None:
     """Raises ValueError naming the flag for a mode not in BACKGROUND_PRETRAIN_MODES."""
-    if mode not in BACKGROUND_PRETRAIN_MODES:
-        raise ValueError(f"Unknown --background_loss_pretrain={mode!r}; use "
-                         f"{' | '.join(BACKGROUND_PRETRAIN_MODES)}.")
+    background_ramp_epochs(mode)
 
 
 def extra_shrink_epochs(plan: list[Stage], every: int = 30) -> set[int]:

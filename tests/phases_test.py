@@ -30,14 +30,16 @@ def test_background_loss_scale_in_pretraining_per_mode():
     plan = phases.make_plan(4, 6, 1)  # pretrain 0-3, finetune 4-5
     pre, finetune = plan[0], plan[1]
     scales = {mode: [phases.background_scale_for_epoch(pre, e, mode) for e in range(4)]
-              for mode in phases.BACKGROUND_PRETRAIN_MODES}
+              for mode in ("ramp", "ramp:2", "off", "full")}
     assert scales["ramp"] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # λ_A's ramp
+    assert scales["ramp:2"] == pytest.approx([0.5, 1.0, 1.0, 1.0])
     assert scales["off"] == [0.0] * 4
     assert scales["full"] == [1.0] * 4
-    for mode in phases.BACKGROUND_PRETRAIN_MODES:  # phase 2: λ_B as given
+    for mode in scales:  # phase 2: λ_B as given
         assert phases.background_scale_for_epoch(finetune, 4, mode) == 1.0
-    with pytest.raises(ValueError, match=r"--background_loss_pretrain='later'.*ramp \| off"):
-        phases.background_scale_for_epoch(pre, 0, "later")
+    for bad in ("later", "ramp:0", "ramp:N", "ramp:x", "off:2"):
+        with pytest.raises(ValueError, match=r"--background_loss_pretrain=.*ramp \| ramp:N"):
+            phases.background_scale_for_epoch(pre, 0, bad)
 
 
 def test_no_finetune_without_pretraining():

@@ -110,7 +110,8 @@ _FIELD_FLAGS = {
                         "the object's bounding box, in every phase whose images have boxes "
                         "(CUB layout); 0: off, as the reference."),
     "background_loss_pretrain": (flags.DEFINE_string, "The background loss in pretraining: "
-                                 "ramp (with λ_A's ramp) | off (from phase 2 on, once the "
+                                 "ramp (with λ_A's ramp) | ramp:N (over the first N pretraining "
+                                 "epochs) | off (from phase 2 on, once the "
                                  "scoring sheet weighs the prototypes) | full."),
     "state_dict_dir_net": (flags.DEFINE_string, "A checkpoint of the authors' PyTorch PIP-Net "
                            "(net_pretrained, net_trained, …) to start from; with "
