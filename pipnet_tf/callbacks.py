@@ -14,8 +14,8 @@ from pipnet_tf.checkpoint import Progress
 
 class PhaseSchedule(keras.callbacks.Callback):
     """At each epoch start: sets (λ_A, λ_T, λ_C) of the plan (pretraining ramps λ_A
-    as e/E, and the background loss's λ_B with it unless `background_pretrain` says
-    "off" or "full") and applies the reference's extra
+    as e/E; the background loss's λ_B as `background_pretrain` says,
+    `phases.background_scale_for_epoch`) and applies the reference's extra
     `W <- max(W - shrink, 0)` at phase-2 epochs that are multiples of 30 and at the last
     epoch.
 

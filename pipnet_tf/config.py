@@ -86,7 +86,8 @@ class TrainConfig:
     # sheet uses are kept from firing outside the object's bounding box, in every phase
     # whose images have boxes (0 = off, the reference).
     background_loss: float = 0.0
-    # λ_B in pretraining: "ramp" (with λ_A), "off" (from phase 2 on) or "full".
+    # λ_B in pretraining: "ramp" (with λ_A), "ramp:N" (over N epochs), "off" (from phase 2
+    # on) or "full" (phases.background_scale_for_epoch).
     background_loss_pretrain: str = "ramp"
     # Self-supervised pretraining on these images instead of the labelled training set
     # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.

@@ -111,14 +111,12 @@ def background_scale_for_epoch(stage: Stage, epoch: int, pretraining: str = "ram
     everywhere), from which pretraining can take epochs to recover; "ramp:N" linearly
     over the first N pretraining epochs (epoch/N), then 1; "off" (0: the term starts with
     phase 2, once the scoring sheet says which prototypes matter); "full" (1)."""
-    ramp_epochs = background_ramp_epochs(pretraining)
-    if stage.loss_weights[0] is None:
-        if pretraining == "ramp":
-            return _pretraining_ramp(stage, epoch)
-        if ramp_epochs:
-            return min(1.0, (epoch - stage.first_epoch + 1) / ramp_epochs)
-        return 0.0 if pretraining == "off" else 1.0
-    return 1.0
+    ramp_epochs = background_ramp_epochs(pretraining) or stage.epochs  # "ramp": with λ_A
+    if stage.loss_weights[0] is not None or pretraining == "full":
+        return 1.0
+    if pretraining == "off":
+        return 0.0
+    return min(1.0, (epoch - stage.first_epoch + 1) / ramp_epochs)
 
 
 def background_ramp_epochs(mode: str) -> int:

@@ -33,7 +33,7 @@ class PlanRunner:
         fused_optimizer: `FusedAdamW` (True) or Keras's `AdamW` per group.
         loss_scale: wrap every optimiser in Keras's `LossScaleOptimizer` (float16).
         extra_callbacks: appended to every `fit` call.
-        background_pretrain: λ_B in pretraining ("ramp" | "off" | "full"; PhaseSchedule).
+        background_pretrain: λ_B in pretraining (`--background_loss_pretrain`; PhaseSchedule).
     """
 
     def __init__(
@@ -53,7 +53,6 @@ class PlanRunner:
         verbose: int | str = "auto",
         background_pretrain: str = "ramp",
     ):
-        phases.check_background_pretrain_mode(background_pretrain)
         if checkpoint_every_steps < 0:
             raise ValueError(
                 f"--checkpoint_every_steps must be >= 0, received {checkpoint_every_steps}.")
