@@ -91,13 +91,13 @@ def loss_weights_for_epoch(stage: Stage, epoch: int) -> tuple[float, float, floa
     """(λ_A, λ_T, λ_C) for global 0-based `epoch` in `stage` (pretraining ramps λ_A)."""
     align, tanh, cls = stage.loss_weights
     if align is None:
-        align = _pretraining_ramp(stage, epoch)
+        align = _epoch_in_stage(stage, epoch) / stage.epochs
     return (align, tanh, cls)
 
 
-def _pretraining_ramp(stage: Stage, epoch: int) -> float:
-    """epoch/epochs of `stage` (1-based): λ_A's ramp in pretraining."""
-    return (epoch - stage.first_epoch + 1) / stage.epochs
+def _epoch_in_stage(stage: Stage, epoch: int) -> int:
+    """Global 0-based `epoch` counted from 1 within `stage` (the pretraining ramps' e)."""
+    return epoch - stage.first_epoch + 1
 
 
 BACKGROUND_PRETRAIN_MODES = ("ramp", "ramp:N", "off", "full")
@@ -116,18 +116,17 @@ def background_scale_for_epoch(stage: Stage, epoch: int, pretraining: str = "ram
         return 1.0
     if pretraining == "off":
         return 0.0
-    return min(1.0, (epoch - stage.first_epoch + 1) / ramp_epochs)
+    return min(1.0, _epoch_in_stage(stage, epoch) / ramp_epochs)
 
 
 def background_ramp_epochs(mode: str) -> int:
     """N of a "ramp:N" mode of `--background_loss_pretrain` (0 for the other modes).
     Raises ValueError naming the flag for a mode not in BACKGROUND_PRETRAIN_MODES."""
-    name, _, count = mode.partition(":")
-    if name == "ramp" and count:
-        if count.isdigit() and int(count) > 0:
-            return int(count)
-    elif mode in BACKGROUND_PRETRAIN_MODES and mode != "ramp:N":
+    name, separator, count = mode.partition(":")
+    if not separator and mode in BACKGROUND_PRETRAIN_MODES:
         return 0
+    if name == "ramp" and count.isdigit() and int(count) > 0:
+        return int(count)
     raise ValueError(f"Unknown --background_loss_pretrain={mode!r}; use "
                      f"{' | '.join(BACKGROUND_PRETRAIN_MODES)} (N >= 1 epochs).")
 
