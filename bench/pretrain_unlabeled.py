@@ -4,11 +4,13 @@ From a CUB-layout dataset (default: the built-in `creatures` benchmark) this mak
 - a labelled subset: the first `--labelled_per_class` training images of each class and
   every test image (CUB layout, so purity and crops work as on the full set);
 - an unlabeled tree: every training image, in no class folders (labels ignored),
-and trains the from-scratch recipe twice with the same flags: on the subset alone, and
-with `--pretrain_data=folder:<unlabeled tree>`; then `trainers.evaluate` on each.
+and trains the from-scratch recipe with the same flags in each of `--arms`: on the subset
+alone, with `--pretrain_data=folder:<unlabeled tree>`, and (optionally) with that and
+`--pretrain_include_train`; then `trainers.evaluate` on each.
 
     KERAS_BACKEND=tensorflow .venv/bin/python -m bench.pretrain_unlabeled \\
-        --data_dir=DIR --out=/tmp/pretrain_bench [--labelled_per_class=10] [-- trainer flags]
+        --data_dir=DIR --out=/tmp/pretrain_bench [--labelled_per_class=10] [--arms=A,B] \\
+        [-- trainer flags]
 
 Prints one JSON line per arm (top-1 on crops, purity, local size, seconds) and writes
 them to OUT/results.json.
@@ -29,6 +31,10 @@ flags.DEFINE_string("data_dir", "", "CUB-layout dataset with part annotations")
 flags.DEFINE_string("out", "/tmp/pipnet_pretrain_bench", "work directory")
 flags.DEFINE_integer("labelled_per_class", 10, "labelled training images per class")
 flags.DEFINE_string("cache_dir", ".cache/pipnet_tf", "dataset cache")
+flags.DEFINE_list("arms", ["subset_alone", "unlabeled_pretraining"],
+                  "arms to train: subset_alone, unlabeled_pretraining (--pretrain_data), "
+                  "unlabeled_and_labelled_pretraining (+ --pretrain_include_train: the labelled "
+                  "subset's images keep their boxes, so the background loss applies to them)")
 
 CUB_PER_IMAGE = ("images.txt", "image_class_labels.txt", "train_test_split.txt",
                  "bounding_boxes.txt", "parts/part_locs.txt")
@@ -105,9 +111,14 @@ def main(argv):
     pool = make_subset(full, subset, FLAGS.labelled_per_class)
     unlabeled = work / "unlabeled"
     make_unlabeled(pool, unlabeled)
-    results = [run_arm("subset_alone", subset, work, extra),
-               run_arm("unlabeled_pretraining", subset, work,
-                       [f"--pretrain_data=folder:{unlabeled}", *extra])]
+    arm_flags = {"subset_alone": [],
+                 "unlabeled_pretraining": [f"--pretrain_data=folder:{unlabeled}"],
+                 "unlabeled_and_labelled_pretraining": [f"--pretrain_data=folder:{unlabeled}",
+                                                        "--pretrain_include_train"]}
+    unknown = sorted(set(FLAGS.arms) - set(arm_flags))
+    if unknown:
+        sys.exit(f"--arms: unknown arm(s) {unknown}; choose from {sorted(arm_flags)}.")
+    results = [run_arm(name, subset, work, [*arm_flags[name], *extra]) for name in FLAGS.arms]
     for row in results:
         print(json.dumps(row))
     (work / "results.json").write_text(json.dumps(results, indent=1))

@@ -92,6 +92,9 @@ class TrainConfig:
     # Self-supervised pretraining on these images instead of the labelled training set
     # ("folder:PATH": every image under PATH, labels ignored); phase 2 uses the labelled set.
     pretrain_data: str = ""
+    # With pretrain_data: pretrain on those images and the labelled training images (with
+    # their bounding boxes, so the background loss applies to them), not on those alone.
+    pretrain_include_train: bool = False
     # Hand edits of a trained run (`trainers.edit`), oldest first: source run, prototypes
     # disabled / enabled, the resulting disabled set, classifier retraining settings.
     edits: list = dataclasses.field(default_factory=list)

@@ -362,3 +362,34 @@ def test_pretrain_box_margin_without_boxes_names_the_flag(tmp_path):
     with pytest.raises(ValueError, match="--pretrain_data=folder:.* images have none"):
         datasets.build_data(config.replace(dataset="cub", data_dir=str(cub),
                                            pretrain_data=f"folder:{unlabeled}"))
+
+
+def test_pretrain_include_train_adds_the_labelled_images_with_their_boxes(tmp_path):
+    cub = _write_cub(tmp_path / "data")  # 4 training images, blue with a red box
+    unlabeled = tmp_path / "unlabeled"
+    for i in range(3):  # green, no box: the whole image counts as object
+        image = np.zeros((40, 60, 3), np.uint8)
+        image[..., 1] = 255
+        _save(unlabeled / f"{i}.png", image)
+    config = PRESETS["cub"].replace(data_dir=str(cub), image_size=16, batch_size=2,
+                                    batch_size_pretrain=7, cache_dir=str(tmp_path / "cache"),
+                                    background_loss=1.0, pretrain_data=f"folder:{unlabeled}",
+                                    pretrain_include_train=True)
+    data = datasets.build_data(config)
+    assert data.pretrain.num_examples == 3 + 4
+    view1, _, _, mask1, _ = next(iter(data.pretrain.epochs(0, 1)))
+    pixels, on_object = view1.numpy(), mask1.numpy()[..., 0] > 0.5
+    green = pixels[..., 1] > 0.5 * (pixels[..., 0] + pixels[..., 2])
+    is_unlabeled = green.mean(axis=(1, 2)) > 0.5
+    assert is_unlabeled.sum() == 3
+    assert np.mean(on_object[green]) > 0.95  # no box: no background (but the affine fill)
+    red = pixels[..., 0] > pixels[..., 2]
+    labelled = ~is_unlabeled
+    assert np.mean(red[labelled] == on_object[labelled]) > 0.85
+    assert (~on_object[labelled]).any(axis=(1, 2)).all()  # the box leaves background
+    # --pretrain_data alone: no boxes, so no masks; the flag alone is refused.
+    alone = datasets.build_data(config.replace(pretrain_include_train=False,
+                                               batch_size_pretrain=3))
+    assert alone.pretrain.num_examples == 3 and len(next(iter(alone.pretrain.epochs(0, 1)))) == 3
+    with pytest.raises(ValueError, match="--pretrain_include_train .* --pretrain_data is not set"):
+        datasets.build_data(config.replace(pretrain_data=""))

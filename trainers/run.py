@@ -98,6 +98,9 @@ _FIELD_FLAGS = {
     "pretrain_data": (flags.DEFINE_string, "folder:PATH: pretrain the prototypes (L_A + L_T, "
                       "no labels) on every image under PATH; the labelled set is then used for "
                       "the classification phases."),
+    "pretrain_include_train": (flags.DEFINE_bool, "With --pretrain_data: pretrain on those "
+                               "images and the labelled training images (whose bounding "
+                               "boxes keep --background_loss on for them)."),
     "train_box_margin": (flags.DEFINE_float, "Grow phase-2 bounding-box crops by up to this "
                          "fraction of the box per side, anew each epoch (0: exact crops)."),
     "train_box_margin_prob": (flags.DEFINE_float, "The fraction of phase-2 crops that get "

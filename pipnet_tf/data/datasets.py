@@ -172,6 +172,27 @@ def _object_masks(config: TrainConfig, records: ImageRecords, phase: str) -> boo
     return True
 
 
+def _pretrain_records(config: TrainConfig, train: ImageRecords, train_sizes: np.ndarray
+                      ) -> tuple[ImageRecords, np.ndarray]:
+    """The pretraining images and their (w, h) sizes: the labelled training set, or
+    `--pretrain_data`'s images (no boxes), with `--pretrain_include_train` followed by the
+    training set with its boxes (labels are not used in pretraining; parts dropped)."""
+    if not config.pretrain_data:
+        if config.pretrain_include_train:
+            raise ValueError("--pretrain_include_train adds the labelled training images to "
+                             "--pretrain_data's, and --pretrain_data is not set.")
+        return train, train_sizes
+    files = unlabeled_images(config.pretrain_data)
+    unlabeled, sizes, _ = _usable(make_records(files, np.zeros(len(files))), config.cache_dir,
+                                  f"unlabeled pretraining images ({config.pretrain_data})")
+    if not config.pretrain_include_train:
+        return unlabeled, sizes
+    merged = make_records(unlabeled.paths + train.paths,
+                          np.concatenate([unlabeled.labels, train.labels]),
+                          np.concatenate([unlabeled.bboxes, train.bboxes]))
+    return merged, np.concatenate([sizes, train_sizes])
+
+
 def _image_set(records: ImageRecords, sizes: np.ndarray, originals: list[str], crop: bool,
                image_size: int, cache: bool) -> ImageSet:
     bboxes = records.bboxes if crop else None
@@ -251,11 +272,8 @@ def build_data(config: TrainConfig, training: bool = True) -> TrainData:
     logging.info("%s (%s): %d train, %d test images, %d classes", source.name, source.origin,
                  len(train), len(test), len(source.class_names))
     pretrain_records, pretrain_sizes = train, train_sizes
-    if config.pretrain_data and training:
-        files = unlabeled_images(config.pretrain_data)
-        pretrain_records, pretrain_sizes, _ = _usable(
-            make_records(files, np.zeros(len(files))), config.cache_dir,
-            f"unlabeled pretraining images ({config.pretrain_data})")
+    if training:
+        pretrain_records, pretrain_sizes = _pretrain_records(config, train, train_sizes)
     for label, size, count in (("--batch_size", config.batch_size, len(train)),
                                ("--batch_size_pretrain", config.batch_size_pretrain,
                                 len(pretrain_records))):
