@@ -100,7 +100,48 @@ def test_colour_histograms_alone_stay_near_chance(dataset):
         assert np.mean(predicted == yte) <= 2 * chance
 
 
-@pytest.mark.parametrize("dataset", ["cub", "folder:/some/images", "creatures"])
+def test_class_subset_holds_the_full_datasets_images_relabelled(dataset, tmp_path):
+    """`SyntheticSpec.classes` (make demo's `creatures_demo`) writes only those classes,
+    labelled 1..K in the order given, each image byte-identical to the full dataset's."""
+    chosen = ("PurpleWings_YellowBelly", "HookedBeak_StripedCrown")
+    spec = SyntheticSpec(image_size=SIZE, train_per_class=3, test_per_class=2, ood_per_kind=1,
+                         kind="creatures", occlusion_prob=0.5, classes=chosen)
+    subset = load_cub_layout(write_synthetic_cub(tmp_path, spec))
+    assert subset.class_names == list(chosen)
+    train, test = subset.split("train"), subset.split("test")
+    assert sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1] and len(test) == 4
+    full_train = dataset.split("train")
+    for label, name in enumerate(chosen):
+        full_paths = [p for p, y in zip(full_train.paths, full_train.labels)
+                      if y == cr.CLASS_NAMES.index(name)][:3]
+        sub_paths = [p for p, y in zip(train.paths, train.labels) if y == label]
+        for a, b in zip(sub_paths, full_paths):
+            np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+        rows = train.part_locs[train.labels == label]
+        full_rows = full_train.part_locs[full_train.labels == cr.CLASS_NAMES.index(name)][:3]
+        np.testing.assert_allclose(rows, full_rows)
+    with pytest.raises(ValueError, match="classes must be distinct names"):
+        SyntheticSpec(kind="creatures", classes=("NoSuchClass",))
+    full = SyntheticSpec(kind="creatures", occlusion_prob=0.5)
+    assert spec.fingerprint() != full.fingerprint()
+    assert set(cr.DEMO_CLASSES) <= set(cr.CLASS_NAMES) and len(cr.DEMO_CLASSES) == 6
+
+
+def test_demo_dataset_is_the_six_demo_classes_with_the_recipe(tmp_path):
+    from pipnet_tf.data.datasets import dataset_request
+    from pipnet_tf.data.registry import open_dataset
+    from trainers.configs import resolve_recipe
+
+    config = resolve_recipe("creatures_demo", {}).replace(
+        cache_dir=str(tmp_path), synthetic_train_per_class=1, synthetic_test_per_class=1)
+    assert config.net == "tiny_cnn" and config.background_loss > 0 and config.image_size == 128
+    source = open_dataset(dataset_request(config))
+    assert list(source.class_names) == list(cr.DEMO_CLASSES)
+    assert set(source.default_ood) == set(cr.OOD_KINDS)
+
+
+@pytest.mark.parametrize("dataset", ["cub", "folder:/some/images", "creatures",
+                                     "creatures_demo"])
 def test_tiny_cnn_on_cub_layout_or_folder_gets_the_from_scratch_recipe(dataset):
     from trainers.configs import FROM_SCRATCH, resolve_recipe
 

@@ -198,7 +198,8 @@ def test_registry_parses_dataset_values():
         registry.parse_dataset("nonsense")
     with pytest.raises(ValueError, match="takes no path"):
         registry.parse_dataset("cars:/data")
-    assert set(registry.DATASETS) == {"synthetic", "creatures", "cub", "cars", "pets", "folder"}
+    assert set(registry.DATASETS) == {"synthetic", "creatures", "creatures_demo", "cub", "cars",
+                                      "pets", "folder"}
     assert registry.policy("cub").crop_train and not registry.policy("cub").crop_project
     assert registry.policy("cars", augment_override="pets").pretrain_augment == "pets"
 

@@ -90,6 +90,34 @@ def test_explain_report_and_pictures(run_dir):
     assert html.count("<img ") == len(protos) + len(local) + 1
 
 
+
+def test_report_explains_the_test_images_as_top1_measures_them(tmp_path, monkeypatch):
+    """On a CUB layout the model is tested on bounding-box crops, so the report explains
+    those crops (not the full images), then one full image per OoD folder."""
+    from pipnet_tf.data.datasets import build_data
+    from pipnet_tf.runs import open_run
+    from trainers.explain import explain_run
+
+    tiny_model().save(str(tmp_path / "model.keras"))
+    write_json(tmp_path / "config.json", {
+        "dataset": "creatures_demo", "image_size": SIZE, "cache_dir": str(tmp_path / "cache"),
+        "synthetic_train_per_class": 1, "synthetic_test_per_class": 2})
+    shown = []
+    explain_image = local_view.explain_image
+    monkeypatch.setattr(local_view, "explain_image",
+                        lambda pixels, *a, **k: shown.append(pixels) or explain_image(pixels, *a, **k))
+    index = explain_run(tmp_path, verbose=0)
+    described = [json.loads(p.read_text()) for p in sorted((index.parent / "local").glob("*.json"))]
+    assert [d["cropped"] for d in described] == [True] * 12 + [False] * 3
+    assert all("/ood/" in d["path"] for d in described[12:])
+    # The first picture shows the first test crop's pixels, not the full image's.
+    data = build_data(open_run(tmp_path).config, training=False)
+    crop = data.test.select([0]).uint8_images()[0]
+    full = data.test_full.select([0]).uint8_images()[0]
+    assert len(shown) == 15 and not np.array_equal(crop, full)
+    np.testing.assert_array_equal(shown[0], crop)
+    assert described[0]["path"] == data.test.originals[0]
+
 def test_abstention_reads_no_known_part_found():
     image = np.full((SIZE, SIZE, 3), 128, np.uint8)
     kernel = np.zeros((8, 3))

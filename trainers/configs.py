@@ -33,6 +33,10 @@ PRESETS: dict[str, TrainConfig] = {
     "creatures": TrainConfig(dataset="creatures", net="tiny_cnn", weights="none",
                              synthetic_train_per_class=60, synthetic_test_per_class=30,
                              log_dir="runs/creatures"),
+    # `make demo`: six of the creatures' classes, the same recipe and sizes.
+    "creatures_demo": TrainConfig(dataset="creatures_demo", net="tiny_cnn", weights="none",
+                                  synthetic_train_per_class=60, synthetic_test_per_class=30,
+                                  log_dir="runs/creatures_demo"),
     "cars": TrainConfig(dataset="cars", log_dir="runs/cars"),
     "pets": TrainConfig(dataset="pets", lr_block=1e-4, lr_net=1e-4, log_dir="runs/pets"),
 }
@@ -70,7 +74,7 @@ FROM_SCRATCH: dict = dict(
     prune_weak_prototypes=0.3,
     background_loss=20.0,
 )
-FROM_SCRATCH_DATASETS = ("cub", "folder", "creatures")
+FROM_SCRATCH_DATASETS = ("cub", "folder", "creatures", "creatures_demo")
 
 
 def resolve_recipe(dataset: str, given: dict) -> TrainConfig:

@@ -4,7 +4,8 @@
     python -m trainers.explain --model RUN_DIR --report      # RUN_DIR/report/index.html
 
 `--images` explains every image under DIR (recursive). `--report` explains a few test
-images per class (and one per OoD folder of the built-in dataset) and includes
+images per class as the model is tested on them (bounding-box crops for CUB layouts), and
+one image per OoD folder of a built-in dataset, and includes
 RUN_DIR/evaluation.json when present (run trainers.evaluate first). The report opens from
 disk in any browser; it needs no server. Unreadable files are skipped with one warning
 naming them; when none is usable, nothing is written. Bad input exits with status 2 and
@@ -24,7 +25,7 @@ import numpy as np
 from absl import app, logging
 
 from pipnet_tf import ood
-from pipnet_tf.data.datasets import TrainData, build_data, image_set_from_files
+from pipnet_tf.data.datasets import ImageSet, TrainData, build_data, image_set_from_files
 from pipnet_tf.explain import write_explanations
 from pipnet_tf.cli import add_verbosity_argument, exit_on_user_error, parse_argparse
 from pipnet_tf.runs import open_run
@@ -33,14 +34,20 @@ from trainers.evaluate import CACHE_DIR_HELP, EVALUATION_FILE
 REPORT_DIR = "report"
 
 
-def report_images(data: TrainData, per_class: int = 2, per_ood: int = 1) -> list[str]:
-    """A few full test images per class plus some OoD images (to show abstention)."""
-    labels = np.asarray(data.test_full.labels)
-    chosen = [data.test_full.originals[i] for c in range(len(data.class_names))
+def report_images(data: TrainData, image_size: int, cache_dir: str, per_class: int = 2,
+                  per_ood: int = 1) -> list[ImageSet]:
+    """The report's images: the first `per_class` test images of each class as top-1 is
+    measured on them (`data.test`: bounding-box crops for CUB layouts), then the first
+    `per_ood` images of each OoD folder that comes with the dataset (to show abstention)."""
+    labels = np.asarray(data.test.labels)
+    chosen = [i for c in range(len(data.class_names))
               for i in np.flatnonzero(labels == c)[:per_class]]
-    for folder in data.source.default_ood.values():
-        chosen += ood.list_images(folder)[:per_ood]
-    return chosen
+    sets = [data.test.select(chosen)]
+    ood_paths = [path for folder in data.source.default_ood.values()
+                 for path in ood.list_images(folder)[:per_ood]]
+    if ood_paths:
+        sets.append(image_set_from_files(ood_paths, image_size, cache_dir, "OoD images"))
+    return sets
 
 
 def explain_run(run_dir: str | os.PathLike, images: list[str] | None = None,
@@ -53,9 +60,10 @@ def explain_run(run_dir: str | os.PathLike, images: list[str] | None = None,
     data = build_data(run.config, training=False)
     out_dir = pathlib.Path(out_dir) if out_dir else run.run_dir / REPORT_DIR
     if images is None:
-        images = report_images(data)
-    explained = image_set_from_files(images, run.image_size, run.config.cache_dir,
-                                     "images to explain")
+        explained = report_images(data, run.image_size, run.config.cache_dir)
+    else:
+        explained = image_set_from_files(images, run.image_size, run.config.cache_dir,
+                                         "images to explain")
     evaluation_path = run.run_dir / EVALUATION_FILE
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
     return write_explanations(

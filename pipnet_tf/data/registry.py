@@ -9,6 +9,7 @@ it has part annotations. `parse_dataset("folder:/data/x")` splits a `--dataset` 
 |---|---|---|---|
 | synthetic | generated | none | cub / cub |
 | creatures | generated | full / crop / crop / full | cub_pretrain / cub |
+| creatures_demo | generated | full / crop / crop / full | cub_pretrain / cub |
 | cub | CUB layout or tfds | full / crop / crop / full | cub_pretrain / cub |
 | cars | devkit, class folders or tfds | none | cars / cars |
 | pets | Pet layout, class folders or tfds | none | pets / pets |
@@ -74,6 +75,11 @@ DATASETS: dict[str, DatasetEntry] = {
         DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",
                       part_annotations=True),
         "the built-in creatures benchmark: CUB layout, 10 annotated parts, clutter, leaves"),
+    "creatures_demo": DatasetEntry(
+        "creatures_demo", sources.find_creatures_demo,
+        DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",
+                      part_annotations=True),
+        "make demo's dataset: six of the creatures benchmark's classes (colour pairs, OR)"),
     "cub": DatasetEntry(
         "cub", sources.find_cub,
         DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",

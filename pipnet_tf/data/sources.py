@@ -149,6 +149,14 @@ def find_creatures(request: DatasetRequest) -> DatasetSource:
     return _builtin(request, "creatures", 224, occlusion_prob=0.5)
 
 
+def find_creatures_demo(request: DatasetRequest) -> DatasetSource:
+    """`make demo`'s dataset: the creatures benchmark's six colour-combination and OR
+    classes (`creatures_render.DEMO_CLASSES`), the same drawings, into `cache_dir`."""
+    from pipnet_tf.data.creatures_render import DEMO_CLASSES
+
+    return _builtin(request, "creatures", 224, occlusion_prob=0.5, classes=DEMO_CLASSES)
+
+
 def find_cub(request: DatasetRequest) -> DatasetSource:
     root = request.root
     if root is not None and any((root / d / "images.txt").is_file()

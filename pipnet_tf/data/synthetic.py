@@ -57,10 +57,18 @@ class SyntheticSpec:
     seed: int = 0
     occlusion_prob: float = 0.2
     kind: str = "shapes"  # "shapes" (pipnet_tf.data.synthetic_render) or "creatures"
+    # A subset of the renderer's CLASS_NAMES, in label order (empty: all). Each image is
+    # the one the full dataset has at the same class and index.
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        known = renderer(self.kind).CLASS_NAMES
+        unknown = [c for c in self.classes if c not in known]
+        if unknown or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct names of {self.kind!r} classes "
+                             f"{known}; got {self.classes!r}")
         if not 32 <= self.image_size <= 1024:
             raise ValueError(f"image_size must be in [32, 1024], got {self.image_size!r}")
         if self.train_per_class < 1:
@@ -76,6 +84,8 @@ class SyntheticSpec:
         fields = dataclasses.asdict(self)
         if self.kind == "shapes":  # the original dataset keeps its cache name
             del fields["kind"]
+        if not self.classes:  # the full datasets keep their cache names
+            del fields["classes"]
         else:
             fields["render_version"] = renderer(self.kind).VERSION
         blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
@@ -94,6 +104,12 @@ def renderer(kind: str):
     return synthetic_render
 
 
+def class_indices(spec: SyntheticSpec) -> list[int]:
+    """Indices into the renderer's CLASS_NAMES of the classes `spec` writes, in label order."""
+    names = renderer(spec.kind).CLASS_NAMES
+    return [names.index(c) for c in spec.classes] if spec.classes else list(range(len(names)))
+
+
 def _readme(spec: SyntheticSpec) -> str:
     """Human-readable description of the generated dataset."""
     lines = [f"Built-in '{spec.kind}' dataset (pipnet_tf format {FORMAT_VERSION}), "
@@ -108,8 +124,10 @@ def _write_all(out: pathlib.Path, spec: SyntheticSpec) -> None:
     draw = renderer(spec.kind)
     images, labels, split, boxes, locs = [], [], [], [], []
     image_id = 0
-    for c, cname in enumerate(draw.CLASS_NAMES):
-        folder = f"{c + 1:03d}.{cname}"
+    chosen = class_indices(spec)
+    for label, c in enumerate(chosen):
+        cname = draw.CLASS_NAMES[c]
+        folder = f"{label + 1:03d}.{cname}"
         (out / "images" / folder).mkdir(parents=True)
         for k in range(spec.train_per_class + spec.test_per_class):
             is_train = k < spec.train_per_class
@@ -121,13 +139,13 @@ def _write_all(out: pathlib.Path, spec: SyntheticSpec) -> None:
             rel = f"{folder}/{cname}_{image_id:04d}.png"
             Image.fromarray(image).save(out / "images" / rel, format="PNG")
             images.append(f"{image_id} {rel}")
-            labels.append(f"{image_id} {c + 1}")
+            labels.append(f"{image_id} {label + 1}")
             split.append(f"{image_id} {int(is_train)}")
             boxes.append(f"{image_id} " + " ".join(f"{v:.2f}" for v in bbox))
             locs += [f"{image_id} {p} {x:.2f} {y:.2f} {v}"
                      for p, (x, y, v) in enumerate(parts.values(), 1)]
         logging.info("synthetic: class %d/%d written (%d images, %.1fs)",
-                     c + 1, len(draw.CLASS_NAMES), image_id, time.monotonic() - start)
+                     label + 1, len(chosen), image_id, time.monotonic() - start)
     for kind_index, kind in enumerate(draw.OOD_KINDS):
         (out / "ood" / kind).mkdir(parents=True)
         for i in range(spec.ood_per_kind):
@@ -137,7 +155,8 @@ def _write_all(out: pathlib.Path, spec: SyntheticSpec) -> None:
     (out / "parts").mkdir()
     tables = {"images.txt": images, "image_class_labels.txt": labels,
               "train_test_split.txt": split, "bounding_boxes.txt": boxes,
-              "classes.txt": [f"{c} {c:03d}.{n}" for c, n in enumerate(draw.CLASS_NAMES, 1)],
+              "classes.txt": [f"{label} {label:03d}.{draw.CLASS_NAMES[c]}"
+                              for label, c in enumerate(chosen, 1)],
               "parts/parts.txt": [f"{p} {n}" for p, n in enumerate(draw.PART_NAMES, 1)],
               "parts/part_locs.txt": locs}
     for name, rows in tables.items():

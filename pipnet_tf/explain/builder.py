@@ -91,49 +91,54 @@ def build_global(model: keras.Model, train: ImageSet, class_names: Sequence[str]
     return GlobalExplanation(topk, patches, pngs, sheet, "global/scoring_sheet.png", rows)
 
 
-def explain_images(model: keras.Model, images: ImageSet, class_names: Sequence[str],
-                   global_explanation: GlobalExplanation, out_dir: str | pathlib.Path,
-                   batch_size: int = 64, verbose: int = 0,
+def explain_images(model: keras.Model, images: ImageSet | Sequence[ImageSet],
+                   class_names: Sequence[str], global_explanation: GlobalExplanation,
+                   out_dir: str | pathlib.Path, batch_size: int = 64, verbose: int = 0,
                    top_classes: int = local_view.TOP_CLASSES,
                    ood_thresholds: Sequence[float] | None = None) -> list[tuple[str, str]]:
-    """One PNG (+ JSON) per image under out_dir/local; returns [(image name, relative png)].
+    """One PNG (+ JSON) per image under out_dir/local, each shown as the model sees it
+    (cropped when the set crops); `images` is one set or several (e.g. test crops, then
+    full OoD images), numbered in that order. Returns [(image name, relative png)].
     With `ood_thresholds` (FPR95 class thresholds) each picture says whether the image is
     accepted as in-distribution."""
     out_dir = pathlib.Path(out_dir)
     (out_dir / "local").mkdir(parents=True, exist_ok=True)
-    if not len(images):
-        return []
-    outputs = collect_prototype_outputs(model, images.dataset(batch_size))
-    pixels = images.uint8_images(batch_size=batch_size)
-    geometry = model.patch_geometry(images.image_size)
-    image_paths = images.originals
+    sets = [s for s in ([images] if isinstance(images, ImageSet) else images) if len(s)]
     kernel = model.enabled_kernel()
-    verdicts = [None] * len(image_paths)
-    if ood_thresholds is not None:
-        verdicts = [bool(v) for v in ood.accepted(outputs["scores_raw"], np.asarray(ood_thresholds))]
     written = []
-    progress = keras.utils.Progbar(len(image_paths), verbose=verbose, unit_name="image")
-    for i, path in enumerate(image_paths):
-        name = pathlib.Path(path).name
-        picture, description = local_view.explain_image(
-            pixels[i], outputs["scores"][i], outputs["presence"][i], outputs["locations"][i],
-            geometry, kernel, class_names, global_explanation.patches,
-            title=name, top_classes=top_classes, in_distribution=verdicts[i])
-        stem = f"{i + 1:04d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', pathlib.Path(path).stem)}"
-        picture.save(out_dir / "local" / f"{stem}.png")
-        write_json(out_dir / "local" / f"{stem}.json", {"path": str(path), **description})
-        written.append((name, f"local/{stem}.png"))
-        progress.update(i + 1)
+    progress = keras.utils.Progbar(sum(len(s) for s in sets), verbose=verbose, unit_name="image")
+    for image_set in sets:
+        outputs = collect_prototype_outputs(model, image_set.dataset(batch_size))
+        pixels = image_set.uint8_images(batch_size=batch_size)
+        geometry = model.patch_geometry(image_set.image_size)
+        verdicts = [None] * len(image_set)
+        if ood_thresholds is not None:
+            verdicts = [bool(v) for v in ood.accepted(outputs["scores_raw"],
+                                                      np.asarray(ood_thresholds))]
+        for i, path in enumerate(image_set.originals):
+            name = pathlib.Path(path).name
+            picture, description = local_view.explain_image(
+                pixels[i], outputs["scores"][i], outputs["presence"][i],
+                outputs["locations"][i], geometry, kernel, class_names,
+                global_explanation.patches, title=name, top_classes=top_classes,
+                in_distribution=verdicts[i])
+            stem = f"{len(written) + 1:04d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', pathlib.Path(path).stem)}"
+            picture.save(out_dir / "local" / f"{stem}.png")
+            write_json(out_dir / "local" / f"{stem}.json",
+                       {"path": str(path), "cropped": image_set.boxes is not None,
+                        **description})
+            written.append((name, f"local/{stem}.png"))
+            progress.update(len(written))
     return written
 
 
 def write_explanations(model: keras.Model, class_names: Sequence[str], train: ImageSet,
-                       images: ImageSet, out_dir: str | pathlib.Path,
+                       images: ImageSet | Sequence[ImageSet], out_dir: str | pathlib.Path,
                        evaluation: dict | None = None, title: str = "PIP-Net explanations",
                        k: int = 10, batch_size: int = 64, verbose: int = 0,
                        part_names: Sequence[str] = ()) -> pathlib.Path:
     """Global explanations from `train` (the unaugmented training images), local ones of
-    `images`, and `out_dir/index.html`; returns the index path. With `part_names` the
+    `images` (one set or several), and `out_dir/index.html`; returns the index path. With `part_names` the
     prototypes are sorted by part purity."""
     glob = build_global(model, train, class_names, out_dir, k, batch_size, verbose,
                         part_names=part_names)
