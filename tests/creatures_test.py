@@ -127,6 +127,14 @@ def test_class_subset_holds_the_full_datasets_images_relabelled(dataset, tmp_pat
     assert set(cr.DEMO_CLASSES) <= set(cr.CLASS_NAMES) and len(cr.DEMO_CLASSES) == 6
 
 
+def test_cache_names_follow_the_drawings_version(monkeypatch):
+    """Full sets and class subsets alike get a new cache folder when the drawings change."""
+    specs = [SyntheticSpec(kind="creatures"), SyntheticSpec(kind="creatures", classes=cr.DEMO_CLASSES)]
+    before = [s.fingerprint() for s in specs]
+    monkeypatch.setattr(cr, "VERSION", cr.VERSION + 1)
+    assert all(s.fingerprint() != b for s, b in zip(specs, before))
+
+
 def test_demo_dataset_is_the_six_demo_classes_with_the_recipe(tmp_path):
     from pipnet_tf.data.datasets import dataset_request
     from pipnet_tf.data.registry import open_dataset

@@ -82,10 +82,10 @@ class SyntheticSpec:
     def fingerprint(self) -> str:
         """Short hash of the fields and FORMAT_VERSION, used in the cache directory name."""
         fields = dataclasses.asdict(self)
-        if self.kind == "shapes":  # the original dataset keeps its cache name
-            del fields["kind"]
         if not self.classes:  # the full datasets keep their cache names
             del fields["classes"]
+        if self.kind == "shapes":  # the original dataset keeps its cache name
+            del fields["kind"]
         else:
             fields["render_version"] = renderer(self.kind).VERSION
         blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
