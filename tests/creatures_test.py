@@ -129,7 +129,8 @@ def test_class_subset_holds_the_full_datasets_images_relabelled(dataset, tmp_pat
 
 def test_cache_names_follow_the_drawings_version(monkeypatch):
     """Full sets and class subsets alike get a new cache folder when the drawings change."""
-    specs = [SyntheticSpec(kind="creatures"), SyntheticSpec(kind="creatures", classes=cr.DEMO_CLASSES)]
+    specs = [SyntheticSpec(kind="creatures"),
+             SyntheticSpec(kind="creatures", classes=cr.DEMO_CLASSES)]
     before = [s.fingerprint() for s in specs]
     monkeypatch.setattr(cr, "VERSION", cr.VERSION + 1)
     assert all(s.fingerprint() != b for s, b in zip(specs, before))

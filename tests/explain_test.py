@@ -105,9 +105,11 @@ def test_report_explains_the_test_images_as_top1_measures_them(tmp_path, monkeyp
     shown = []
     explain_image = local_view.explain_image
     monkeypatch.setattr(local_view, "explain_image",
-                        lambda pixels, *a, **k: shown.append(pixels) or explain_image(pixels, *a, **k))
+                        lambda pixels, *a, **k: shown.append(pixels)
+                        or explain_image(pixels, *a, **k))
     index = explain_run(tmp_path, verbose=0)
-    described = [json.loads(p.read_text()) for p in sorted((index.parent / "local").glob("*.json"))]
+    local = sorted((index.parent / "local").glob("*.json"))
+    described = [json.loads(p.read_text()) for p in local]
     assert [d["cropped"] for d in described] == [True] * 12 + [False] * 3
     assert all("/ood/" in d["path"] for d in described[12:])
     # The first picture shows the first test crop's pixels, not the full image's.

@@ -122,7 +122,8 @@ def explain_images(model: keras.Model, images: ImageSet | Sequence[ImageSet],
                 outputs["locations"][i], geometry, kernel, class_names,
                 global_explanation.patches, title=name, top_classes=top_classes,
                 in_distribution=verdicts[i])
-            stem = f"{len(written) + 1:04d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', pathlib.Path(path).stem)}"
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pathlib.Path(path).stem)
+            stem = f"{len(written) + 1:04d}_{safe}"
             picture.save(out_dir / "local" / f"{stem}.png")
             write_json(out_dir / "local" / f"{stem}.json",
                        {"path": str(path), "cropped": image_set.boxes is not None,
@@ -138,8 +139,8 @@ def write_explanations(model: keras.Model, class_names: Sequence[str], train: Im
                        k: int = 10, batch_size: int = 64, verbose: int = 0,
                        part_names: Sequence[str] = ()) -> pathlib.Path:
     """Global explanations from `train` (the unaugmented training images), local ones of
-    `images` (one set or several), and `out_dir/index.html`; returns the index path. With `part_names` the
-    prototypes are sorted by part purity."""
+    `images` (one set or several), and `out_dir/index.html`; returns the index path. With
+    `part_names` the prototypes are sorted by part purity."""
     glob = build_global(model, train, class_names, out_dir, k, batch_size, verbose,
                         part_names=part_names)
     thresholds = (evaluation or {}).get("ood", {}).get("thresholds")
