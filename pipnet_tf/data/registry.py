@@ -65,6 +65,10 @@ class DatasetEntry:
     takes_path: bool = False  # "NAME:PATH" is allowed
 
 
+# CUB as the authors treat it (module docstring), shared by the CUB-layout datasets.
+CUB_LAYOUT_POLICY = DatasetPolicy(crop_train=True, crop_test=True,
+                                  pretrain_augment="cub_pretrain", part_annotations=True)
+
 DATASETS: dict[str, DatasetEntry] = {
     "synthetic": DatasetEntry(
         "synthetic", sources.find_synthetic,
@@ -72,18 +76,15 @@ DATASETS: dict[str, DatasetEntry] = {
         "the built-in parts dataset (generated, nothing to download)"),
     "creatures": DatasetEntry(
         "creatures", sources.find_creatures,
-        DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",
-                      part_annotations=True),
+        CUB_LAYOUT_POLICY,
         "the built-in creatures benchmark: CUB layout, 10 annotated parts, clutter, leaves"),
     "creatures_demo": DatasetEntry(
         "creatures_demo", sources.find_creatures_demo,
-        DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",
-                      part_annotations=True),
+        CUB_LAYOUT_POLICY,
         "make demo's dataset: six of the creatures benchmark's classes (colour pairs, OR)"),
     "cub": DatasetEntry(
         "cub", sources.find_cub,
-        DatasetPolicy(crop_train=True, crop_test=True, pretrain_augment="cub_pretrain",
-                      part_annotations=True),
+        CUB_LAYOUT_POLICY,
         "CUB-200-2011 (raw layout or tfds caltech_birds2011)"),
     "cars": DatasetEntry(
         "cars", sources.find_cars, DatasetPolicy(augment="cars", pretrain_augment="cars"),
