@@ -6,6 +6,15 @@ from pipnet_tf.data.registry import parse_dataset
 
 __all__ = ["PRESETS", "TrainConfig", "preset"]
 
+
+def _creatures_preset(name: str) -> TrainConfig:
+    """A creatures set (`creatures`, `creatures_demo`): a from-scratch tiny CNN with the
+    held-out set's sizes, 60 training and 30 test images per class."""
+    return TrainConfig(dataset=name, net="tiny_cnn", weights="none",
+                       synthetic_train_per_class=60, synthetic_test_per_class=30,
+                       log_dir=f"runs/{name}")
+
+
 PRESETS: dict[str, TrainConfig] = {
     # Built-in synthetic parts dataset: a from-scratch tiny CNN that trains on 2 CPU
     # cores in a few minutes (see BUILD_NOTES.md for how these were chosen).
@@ -30,13 +39,9 @@ PRESETS: dict[str, TrainConfig] = {
     "cub": TrainConfig(dataset="cub", log_dir="runs/cub"),
     # The built-in creatures benchmark: the from-scratch recipe below, as the held-out
     # set's size (60 training and 30 test images per class).
-    "creatures": TrainConfig(dataset="creatures", net="tiny_cnn", weights="none",
-                             synthetic_train_per_class=60, synthetic_test_per_class=30,
-                             log_dir="runs/creatures"),
+    "creatures": _creatures_preset("creatures"),
     # `make demo`: six of the creatures' classes, the same recipe and sizes.
-    "creatures_demo": TrainConfig(dataset="creatures_demo", net="tiny_cnn", weights="none",
-                                  synthetic_train_per_class=60, synthetic_test_per_class=30,
-                                  log_dir="runs/creatures_demo"),
+    "creatures_demo": _creatures_preset("creatures_demo"),
     "cars": TrainConfig(dataset="cars", log_dir="runs/cars"),
     "pets": TrainConfig(dataset="pets", lr_block=1e-4, lr_net=1e-4, log_dir="runs/pets"),
 }
