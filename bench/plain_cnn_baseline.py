@@ -45,6 +45,8 @@ def main(argv):
     config = resolve_recipe(FLAGS.dataset, {
         "data_dir": FLAGS.data_dir, "net": FLAGS.net, "weights": FLAGS.weights,
         "seed": FLAGS.seed, "cache_dir": FLAGS.cache_dir, "batch_size": FLAGS.batch_size,
+        # No object masks: the softmax head has no background loss to feed them to.
+        "background_loss": 0.0,
         **({"image_size": FLAGS.image_size} if FLAGS.image_size else {}),
         **({"backbone_depth": FLAGS.backbone_depth} if FLAGS.backbone_depth else {}),
         **({"train_box_margin": FLAGS.train_box_margin}

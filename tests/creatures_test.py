@@ -152,13 +152,15 @@ def test_demo_dataset_is_the_six_demo_classes_with_the_recipe(tmp_path):
 @pytest.mark.parametrize("dataset", ["cub", "folder:/some/images", "creatures",
                                      "creatures_demo"])
 def test_tiny_cnn_on_cub_layout_or_folder_gets_the_from_scratch_recipe(dataset):
-    from trainers.configs import FROM_SCRATCH, resolve_recipe
+    from trainers.configs import FROM_SCRATCH, FROM_SCRATCH_BY_DATASET, resolve_recipe
 
     config = resolve_recipe(dataset, {"net": "tiny_cnn", "weights": "none", "epochs": 7})
     assert config.epochs == 7  # a flag given on the command line wins
+    changed = FROM_SCRATCH_BY_DATASET.get(dataset, {})
     for field, value in FROM_SCRATCH.items():
         if field != "epochs":
-            assert getattr(config, field) == value, field
+            assert getattr(config, field) == changed.get(field, value), field
+    assert (config.image_size == 128) == (dataset == "creatures_demo")
     assert config.train_box_margin > 0 and config.shrink_per_epoch > 0
 
 
