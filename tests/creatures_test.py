@@ -152,11 +152,12 @@ def test_demo_dataset_is_the_six_demo_classes_with_the_recipe(tmp_path):
 @pytest.mark.parametrize("dataset", ["cub", "folder:/some/images", "creatures",
                                      "creatures_demo"])
 def test_tiny_cnn_on_cub_layout_or_folder_gets_the_from_scratch_recipe(dataset):
-    from trainers.configs import FROM_SCRATCH, FROM_SCRATCH_BY_DATASET, resolve_recipe
+    from pipnet_tf.data.registry import parse_dataset
+    from trainers.configs import FROM_SCRATCH, FROM_SCRATCH_DATASETS, resolve_recipe
 
     config = resolve_recipe(dataset, {"net": "tiny_cnn", "weights": "none", "epochs": 7})
     assert config.epochs == 7  # a flag given on the command line wins
-    changed = FROM_SCRATCH_BY_DATASET.get(dataset, {})
+    changed = FROM_SCRATCH_DATASETS[parse_dataset(dataset)[0]]
     for field, value in FROM_SCRATCH.items():
         if field != "epochs":
             assert getattr(config, field) == changed.get(field, value), field
