@@ -144,6 +144,7 @@ def test_demo_dataset_is_the_six_demo_classes_with_the_recipe(tmp_path):
     config = resolve_recipe("creatures_demo", {}).replace(
         cache_dir=str(tmp_path), synthetic_train_per_class=1, synthetic_test_per_class=1)
     assert config.net == "tiny_cnn" and config.background_loss > 0 and config.image_size == 128
+    assert config.epochs == 60  # the demo's 10-minute budget
     source = open_dataset(dataset_request(config))
     assert list(source.class_names) == list(cr.DEMO_CLASSES)
     assert set(source.default_ood) == set(cr.OOD_KINDS)
