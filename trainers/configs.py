@@ -63,9 +63,8 @@ def preset(dataset: str) -> TrainConfig:
 FROM_SCRATCH: dict = dict(
     weights="none",
     precision="float32",
-    # Session 9, a trade: against 128 px (session 7), fewer unseen creatures accepted
-    # (worst 5 of 40 against 12) and higher purity, for lower top-1 (mean 0.64 against
-    # 0.68); 224 px loses more top-1 (BUILD_NOTES "Session 9").
+    # Session 9: against 128 px (session 7), fewer unseen creatures accepted (worst 5 of
+    # 40 against 12) and higher purity; 224 px loses top-1 (BUILD_NOTES "Session 9").
     image_size=176,
     # Session 10: 90 classification epochs (60 before): at 176 px the model still
     # underfitted at 60; every target holds on six seeds at 90 (BUILD_NOTES "Session 10").
