@@ -27,6 +27,9 @@ class TrainConfig:
     epochs_pretrain: int = 10
     freeze_epochs: int = 10
     finetune_epochs: int = 3
+    # False: the backbone group trains in pretraining and the frozen stage too (for
+    # backbones trained from scratch; `phases.make_plan`).
+    freeze_backbone_group: bool = True
     batch_size: int = 64
     batch_size_pretrain: int = 128
     lr: float = 0.05

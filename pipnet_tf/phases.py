@@ -49,13 +49,18 @@ class Stage:
 
 def make_plan(
     epochs_pretrain: int, epochs: int, freeze_epochs: int, finetune_epochs: int = 3,
-    loaded: bool = False,
+    loaded: bool = False, freeze_backbone_group: bool = True,
 ) -> list[Stage]:
     """The list of non-empty stages, in order, with global epoch indices.
 
     Finetune epochs exist only after pretraining or when the model was `loaded` from a
     checkpoint (reference: `epochs_to_finetune` applies only if there was pretraining or
     a loaded checkpoint, `--state_dict_dir_net`).
+
+    `freeze_backbone_group=False` also trains the backbone group (a backbone's first
+    stages) in pretraining and the frozen stage: the reference keeps it frozen there because
+    it holds ImageNet weights; a backbone trained from scratch would keep random first
+    stages (and their BatchNorm's initial statistics) until the full stage.
     """
     for name, value in (("epochs_pretrain", epochs_pretrain), ("epochs", epochs),
                         ("freeze_epochs", freeze_epochs), ("finetune_epochs", finetune_epochs)):
@@ -65,11 +70,14 @@ def make_plan(
     frozen = max(0, min(freeze_epochs, epochs) - finetune)
     full = epochs - finetune - frozen
     net = ("freeze", "train", "add_on")
+    if not freeze_backbone_group:
+        net = ("backbone",) + net
     specs = [
         (PRETRAIN, 1, epochs_pretrain, net, (None, 5.0, 0.0)),
         (FINETUNE, 2, finetune, ("classifier",), (0.0, 0.0, 2.0)),
         (FROZEN, 2, frozen, net + ("classifier",), (5.0, 2.0, 2.0)),
-        (FULL, 2, full, ("backbone",) + net + ("classifier",), (5.0, 2.0, 2.0)),
+        (FULL, 2, full, tuple(dict.fromkeys(("backbone",) + net + ("classifier",))),
+         (5.0, 2.0, 2.0)),
     ]
     plan, start = [], 0
     for name, phase, count, groups, weights in specs:
@@ -161,7 +169,7 @@ def classifier_only_plan(epochs: int) -> list[Stage]:
 STAGE_TEXT = {
     PRETRAIN: "prototype pretraining, λ_A ramps to 1, λ_T = 5, no classifier",
     FINETUNE: "the classifier only, 2·L_C",
-    FROZEN: "backbone group frozen, 5·L_A + 2·L_T + 2·L_C",
+    FROZEN: "the backbone group frozen unless listed, 5·L_A + 2·L_T + 2·L_C",
     FULL: "everything, 5·L_A + 2·L_T + 2·L_C",
 }
 

@@ -134,6 +134,23 @@ def test_train_step_per_stage_updates_only_trainable_groups():
     assert (model.classifier.kernel.numpy() >= 0).all()
 
 
+def test_pretraining_with_the_backbone_group_unfrozen_trains_the_stem():
+    """--nofreeze_backbone_group: pretraining moves the stem's kernel and its BatchNorm's
+    moving statistics (frozen, they stay at their random / initial values)."""
+    keras.utils.set_random_seed(0)
+    model = small_model()
+    pretrain = phases.make_plan(1, 1, 0, freeze_backbone_group=False)[0]
+    opts = make_phase_optimizers(model.layer_groups(), 1, LearningRates(lr_net=1e-2), 2, 1)
+    opts.build()
+    stem = model.backbone.get_layer("stem_conv").kernel
+    moving_mean = model.backbone.get_layer("stem_bn").moving_mean
+    before = stem.numpy().copy(), moving_mean.numpy().copy()
+    _compile_stage(model, pretrain, opts)
+    model.fit(_dataset(), epochs=1, verbose=0)
+    assert not np.allclose(stem.numpy(), before[0])
+    assert not np.allclose(moving_mean.numpy(), before[1])
+
+
 def test_background_loss_from_object_masks():
     """Batches with object masks add λ_B·L_B; L_B is the NumPy formula on the forward's
     maps (mask resized to the 4x4 grid by area), and it moves the prototypes."""

@@ -15,6 +15,21 @@ def test_reference_plan_epochs_and_groups():
     assert [s.phase for s in plan] == [1, 2, 2, 2]
 
 
+def test_unfrozen_backbone_group_trains_in_every_network_stage():
+    """--nofreeze_backbone_group (backbones trained from scratch): the backbone group
+    trains in pretraining and the frozen stage too; stages, epochs and losses unchanged."""
+    reference = phases.make_plan(10, 60, 10)
+    plan = phases.make_plan(10, 60, 10, freeze_backbone_group=False)
+    assert [(s.name, s.first_epoch, s.epochs, s.loss_weights) for s in plan] == [
+        (s.name, s.first_epoch, s.epochs, s.loss_weights) for s in reference]
+    groups = {s.name: s.trainable_groups for s in plan}
+    assert set(groups["pretrain"]) == {"backbone", "freeze", "train", "add_on"}
+    assert groups["finetune"] == ("classifier",)
+    assert set(groups["frozen"]) == set(groups["full"]) == {
+        "backbone", "freeze", "train", "add_on", "classifier"}
+    assert len(groups["full"]) == 5
+
+
 def test_loss_weights_per_stage():
     plan = phases.make_plan(10, 60, 10)
     pre = plan[0]

@@ -224,3 +224,29 @@ def test_an_unknown_background_loss_mode_fails_before_anything_is_written(tiny_c
     with pytest.raises(ValueError, match="--background_loss_pretrain='later'"):
         run_training(config)
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_unfrozen_backbone_group_trains_from_the_first_epoch(tiny_config, tmp_path, caplog):
+    """--nofreeze_backbone_group reaches the plan (the backbone group trains in
+    pretraining and the frozen stage) and the run's config.json."""
+    from absl import logging
+
+    config = tiny_config.replace(epochs=3, freeze_epochs=2, freeze_backbone_group=False,
+                                 export=False, log_dir=str(tmp_path / "unfrozen"))
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.INFO)
+    try:
+        with caplog.at_level("INFO", logger="absl"):
+            run_training(config)
+    finally:
+        logging.set_verbosity(verbosity)
+    messages = [r.getMessage() for r in caplog.records]
+    plan = messages.index("Training plan: 4 epochs")
+    stages = {line.split()[2]: line.split("trains ")[1].split(";")[0]
+              for line in messages[plan + 1:plan + 5]}
+    assert stages == {"pretrain": "backbone, freeze, train, add_on",
+                      "finetune": "classifier",
+                      "frozen": "backbone, freeze, train, add_on, classifier",
+                      "full": "backbone, freeze, train, add_on, classifier"}
+    saved = json.loads((tmp_path / "unfrozen" / "config.json").read_text())
+    assert saved["freeze_backbone_group"] is False

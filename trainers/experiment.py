@@ -158,7 +158,8 @@ def _run(config: TrainConfig, run_dir: pathlib.Path, own_dir: pathlib.Path,
         model = build_model(config, len(data.class_names), data.train.steps_per_epoch)
     model.set_background_loss_weight(config.background_loss)
     plan = phases.make_plan(config.epochs_pretrain, config.epochs, config.freeze_epochs,
-                            config.finetune_epochs, loaded=bool(config.state_dict_dir_net))
+                            config.finetune_epochs, loaded=bool(config.state_dict_dir_net),
+                            freeze_backbone_group=config.freeze_backbone_group)
     for line in phases.describe_plan(plan):
         logging.info("%s", line)
     for warning in phases.plan_warnings(config.epochs_pretrain, config.epochs,

@@ -51,10 +51,15 @@ _FIELD_FLAGS = {
     "epochs": (flags.DEFINE_integer, "Epochs of the second (classification) phase, all of "
                "its stages together: finetune + frozen + full (>= 1)."),
     "epochs_pretrain": (flags.DEFINE_integer, "Epochs of prototype pretraining (phase 1: "
-                        "the network without the backbone group; no classifier)."),
+                        "the network without the backbone group unless --nofreeze_backbone_group; no "
+                        "classifier)."),
     "freeze_epochs": (flags.DEFINE_integer, "The first FREEZE_EPOCHS phase-2 epochs keep the "
                       "backbone group frozen; they INCLUDE the finetune epochs, so the "
                       "frozen stage has freeze_epochs - finetune_epochs epochs."),
+    "freeze_backbone_group": (flags.DEFINE_bool, "Keep the backbone group (the backbone's "
+                              "first stages) frozen in pretraining and the frozen stage, as "
+                              "the reference does with ImageNet weights; "
+                              "--nofreeze_backbone_group trains it from the first epoch."),
     "finetune_epochs": (flags.DEFINE_integer, "The first phase-2 epochs train only the "
                         "classifier (only after pretraining; counted in --freeze_epochs)."),
     "batch_size": (flags.DEFINE_integer, "Phase-2 batch size (image pairs)."),
