@@ -69,15 +69,12 @@ def make_plan(
     finetune = min(finetune_epochs, epochs) if epochs_pretrain > 0 or loaded else 0
     frozen = max(0, min(freeze_epochs, epochs) - finetune)
     full = epochs - finetune - frozen
-    net = ("freeze", "train", "add_on")
-    if not freeze_backbone_group:
-        net = ("backbone",) + net
+    net = tuple(g for g in NET_GROUPS if g != "backbone" or not freeze_backbone_group)
     specs = [
         (PRETRAIN, 1, epochs_pretrain, net, (None, 5.0, 0.0)),
         (FINETUNE, 2, finetune, ("classifier",), (0.0, 0.0, 2.0)),
         (FROZEN, 2, frozen, net + ("classifier",), (5.0, 2.0, 2.0)),
-        (FULL, 2, full, tuple(dict.fromkeys(("backbone",) + net + ("classifier",))),
-         (5.0, 2.0, 2.0)),
+        (FULL, 2, full, NET_GROUPS + ("classifier",), (5.0, 2.0, 2.0)),
     ]
     plan, start = [], 0
     for name, phase, count, groups, weights in specs:

@@ -51,8 +51,8 @@ _FIELD_FLAGS = {
     "epochs": (flags.DEFINE_integer, "Epochs of the second (classification) phase, all of "
                "its stages together: finetune + frozen + full (>= 1)."),
     "epochs_pretrain": (flags.DEFINE_integer, "Epochs of prototype pretraining (phase 1: "
-                        "the network without the backbone group unless --nofreeze_backbone_group; no "
-                        "classifier)."),
+                        "the network without the backbone group unless "
+                        "--nofreeze_backbone_group; no classifier)."),
     "freeze_epochs": (flags.DEFINE_integer, "The first FREEZE_EPOCHS phase-2 epochs keep the "
                       "backbone group frozen; they INCLUDE the finetune epochs, so the "
                       "frozen stage has freeze_epochs - finetune_epochs epochs."),
