@@ -44,6 +44,20 @@ def tiny_config(tmp_path_factory):
     )
 
 
+def _run_logging_info(config, caplog) -> tuple[dict, list[str]]:
+    """`run_training(config)` with absl at INFO; (its results, the logged messages)."""
+    from absl import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.INFO)
+    try:
+        with caplog.at_level("INFO", logger="absl"):
+            results = run_training(config)
+    finally:
+        logging.set_verbosity(verbosity)
+    return results, [r.getMessage() for r in caplog.records]
+
+
 def test_killed_run_resumes_and_writes_every_output(tiny_config):
     with pytest.raises(_Killed):
         run_training(tiny_config, extra_callbacks=[_KillAfterEpoch(3)])
@@ -126,19 +140,11 @@ def test_strategy_choice():
 
 def test_mixed_bfloat16_run_exports_a_float32_graph(tiny_config, tmp_path, caplog):
     import tensorflow as tf
-    from absl import logging
 
     config = tiny_config.replace(precision="mixed_bfloat16", epochs_pretrain=0, epochs=1,
                                  freeze_epochs=1, log_dir=str(tmp_path / "bf16"))
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.INFO)
-    try:
-        with caplog.at_level("INFO", logger="absl"):
-            results = run_training(config)
-    finally:
-        logging.set_verbosity(verbosity)
+    results, messages = _run_logging_info(config, caplog)
     # The resolved plan comes first, and the ignored --finetune_epochs is pointed out.
-    messages = [r.getMessage() for r in caplog.records]
     plan = messages.index("Training plan: 1 epochs")
     assert messages[plan + 1].split()[:3] == ["epochs", "1-1", "frozen"]
     assert any("--finetune_epochs=1 is ignored without pretraining" in m for m in messages)
@@ -229,18 +235,9 @@ def test_an_unknown_background_loss_mode_fails_before_anything_is_written(tiny_c
 def test_an_unfrozen_backbone_group_trains_from_the_first_epoch(tiny_config, tmp_path, caplog):
     """--nofreeze_backbone_group reaches the plan (the backbone group trains in
     pretraining and the frozen stage) and the run's config.json."""
-    from absl import logging
-
     config = tiny_config.replace(epochs=3, freeze_epochs=2, freeze_backbone_group=False,
                                  export=False, log_dir=str(tmp_path / "unfrozen"))
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.INFO)
-    try:
-        with caplog.at_level("INFO", logger="absl"):
-            run_training(config)
-    finally:
-        logging.set_verbosity(verbosity)
-    messages = [r.getMessage() for r in caplog.records]
+    _, messages = _run_logging_info(config, caplog)
     plan = messages.index("Training plan: 4 epochs")
     stages = {line.split()[2]: line.split("trains ")[1].split(";")[0]
               for line in messages[plan + 1:plan + 5]}
